@@ -1,0 +1,670 @@
+"""Channel dependency analysis: which tensors' channels must be pruned together.
+
+Conventions (written once, used everywhere):
+
+* The *channel axis* of every tensor that carries channels is axis 1: ``C`` of
+  NCHW activations and ``F`` of ``[N, F]`` features after Flatten.
+* Conv weights are ``[M, C/group, kH, kW]`` (output channels on axis 0, input
+  channels on axis 1).  ConvTranspose weights are ``[C, M/group, kH, kW]`` (the
+  axes are swapped).  Gemm's ``B`` is ``[K, N]`` (``transB=0``) or ``[N, K]``
+  (``transB=1``); MatMul's constant ``B`` is ``[K, N]``.
+* A *group* is a set of channels created by one producer (Conv, ConvTranspose,
+  Gemm, MatMul); residual Add/Sum/Mul of two channel tensors merges groups
+  (union-find), so all their channels go or stay together.
+* A tensor's *layout* is the sequence of group segments laid along its channel
+  axis.  Concat appends layouts (offsets come for free); Flatten multiplies the
+  ``block`` of each segment by the spatial size ``H*W``.
+
+Example, ``x -> Conv(3->4) -> BN -> Relu -> Conv(4->8) -> y``::
+
+    group 0 (4 channels, member Conv_0)  tensors: conv0_out, bn_out, relu_out
+    layouts: relu_out = (Segment(group=0, start=0, length=4, block=1),)
+    edits:   Conv_0.W axis 0, Conv_0.B axis 0, BN scale/bias/mean/var axis 0,
+             Conv_1.W axis 1 (contracting: the masked original zeroes it)
+
+Per-op facts live in one table, ``RULES``: an op_type without an entry freezes
+every group that reaches it, with a reason.  So does a graph output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnx_pfgdf.graph import GraphIndex, node_attr
+
+__all__ = [
+    "Segment",
+    "Layout",
+    "Member",
+    "Group",
+    "SliceEdit",
+    "AttrEdit",
+    "ChannelAnalysis",
+    "RULES",
+    "SUPPORTED_OPS",
+    "analyze_channels",
+    "layout_positions",
+    "layout_size",
+]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``length`` channels of ``group`` (from its channel ``start``), each ``block`` wide."""
+
+    group: int
+    start: int
+    length: int
+    block: int = 1
+
+
+Layout = tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class Member:
+    """A layer whose output channels are a group's channels (a filter owner)."""
+
+    node: str
+    op_type: str
+    output: str
+    weight: str
+    axis: int
+
+
+@dataclass(frozen=True)
+class Group:
+    """Channels pruned together.
+
+    Example: ``Conv(3->4) -> BN(4) -> Relu`` is one group of 4 channels with one
+    member (the Conv) and three tensors; adding a second branch ``Conv(3->4)``
+    to it with ``Add`` merges both Convs into one group with two members.
+
+    Attributes:
+        id: root id (stable within one analysis).
+        channels: number of channels.
+        members: the producers whose filters are these channels.
+        tensors: tensors whose layout mentions this group.
+        frozen: reasons this group cannot be pruned; empty when it can.
+    """
+
+    id: int
+    channels: int
+    members: tuple[Member, ...]
+    tensors: tuple[str, ...]
+    frozen: tuple[str, ...]
+
+    @property
+    def prunable(self) -> bool:
+        """True when the group may lose channels."""
+        return not self.frozen and self.channels > 1 and bool(self.members)
+
+
+@dataclass(frozen=True)
+class SliceEdit:
+    """Slice the initializer read by ``node`` at input ``slot`` along ``axis``.
+
+    The kept positions are those of ``layout``.  ``contracting`` marks input
+    channel slices of Conv/ConvTranspose/Gemm/MatMul: the masked original zeroes
+    exactly those weights for the removed channels.
+    """
+
+    node: str
+    slot: int
+    axis: int
+    layout: Layout
+    contracting: bool = False
+
+
+@dataclass(frozen=True)
+class AttrEdit:
+    """Rewrite an attribute or a shape constant of ``node`` after pruning.
+
+    ``kind`` is ``"group"`` (depthwise Conv: ``group`` becomes the kept
+    channels of ``layout``) or ``"reshape"`` (Reshape: ``shape[1]`` becomes the
+    kept positions of ``layout``, the layout of the Reshape's output).
+    """
+
+    node: str
+    kind: str
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class ChannelAnalysis:
+    """Result of :func:`analyze_channels`; every group id here is a root id."""
+
+    groups: Mapping[int, Group]
+    layouts: Mapping[str, Layout]
+    edits: tuple[SliceEdit, ...]
+    attr_edits: tuple[AttrEdit, ...]
+
+    def prunable_groups(self) -> list[Group]:
+        """Groups that may lose channels, in order of first appearance."""
+        return [g for g in self.groups.values() if g.prunable]
+
+    def frozen_groups(self) -> list[Group]:
+        """Groups that keep all channels, each with its reasons."""
+        return [g for g in self.groups.values() if g.frozen]
+
+    def group_of_output(self, tensor: str) -> Group | None:
+        """The group whose member writes ``tensor``."""
+        for group in self.groups.values():
+            if any(m.output == tensor for m in group.members):
+                return group
+        return None
+
+
+def layout_size(layout: Layout) -> int:
+    """Extent of the channel axis described by ``layout``."""
+    return sum(s.length * s.block for s in layout)
+
+
+def layout_positions(layout: Layout, keep: Mapping[int, np.ndarray]) -> np.ndarray:
+    """Positions on the channel axis that survive when each group keeps ``keep[g]``.
+
+    Args:
+        layout: a tensor's layout.
+        keep: sorted kept channel indices per group id (groups absent keep all).
+
+    Returns:
+        Sorted int64 positions into the original channel axis.
+    """
+    parts: list[np.ndarray] = []
+    offset = 0
+    for seg in layout:
+        kept = keep.get(seg.group)
+        if kept is None:
+            local = np.arange(seg.length, dtype=np.int64)
+        else:
+            kept = np.asarray(kept, dtype=np.int64)
+            local = kept[(kept >= seg.start) & (kept < seg.start + seg.length)] - seg.start
+        pos = offset + (local[:, None] * seg.block + np.arange(seg.block, dtype=np.int64)[None, :]).ravel()
+        parts.append(pos)
+        offset += seg.length * seg.block
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class _State:
+    """Mutable state of one analysis run (union-find over groups)."""
+
+    index: GraphIndex
+    parent: list[int] = field(default_factory=list)
+    size: list[int] = field(default_factory=list)
+    members: list[list[Member]] = field(default_factory=list)
+    frozen: list[list[str]] = field(default_factory=list)
+    layouts: dict[str, Layout] = field(default_factory=dict)
+    edits: list[SliceEdit] = field(default_factory=list)
+    attr_edits: list[AttrEdit] = field(default_factory=list)
+
+    def new_group(self, channels: int, member: Member | None = None, frozen: str | None = None) -> int:
+        gid = len(self.parent)
+        self.parent.append(gid)
+        self.size.append(channels)
+        self.members.append([member] if member else [])
+        self.frozen.append([frozen] if frozen else [])
+        return gid
+
+    def find(self, gid: int) -> int:
+        while self.parent[gid] != gid:
+            self.parent[gid] = self.parent[self.parent[gid]]
+            gid = self.parent[gid]
+        return gid
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if rb < ra:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.members[ra].extend(self.members[rb])
+        self.frozen[ra].extend(self.frozen[rb])
+
+    def freeze(self, layouts: Iterable[Layout], reason: str) -> None:
+        for layout in layouts:
+            for seg in layout:
+                root = self.find(seg.group)
+                if reason not in self.frozen[root]:
+                    self.frozen[root].append(reason)
+
+    def layout(self, tensor: str) -> Layout | None:
+        return self.layouts.get(tensor)
+
+    def input_layouts(self, node: onnx.NodeProto) -> list[Layout]:
+        return [self.layouts[t] for t in node.input if t in self.layouts]
+
+    def fresh(self, tensor: str, channels: int, member: Member | None = None, frozen: str | None = None) -> Layout:
+        layout = (Segment(self.new_group(channels, member, frozen), 0, channels),)
+        self.layouts[tensor] = layout
+        return layout
+
+
+Rule = Callable[[_State, onnx.NodeProto], None]
+
+
+def _where(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} node '{node.name}'"
+
+
+def _unify(st: _State, a: Layout, b: Layout, node: onnx.NodeProto) -> bool:
+    """Merge the groups of two layouts that must carry the same channels."""
+    aligned = len(a) == len(b) and all(
+        x.length == y.length and x.block == y.block for x, y in zip(a, b, strict=True)
+    )
+    if aligned and all(
+        x.start == 0 and y.start == 0 and st.size[x.group] == x.length and st.size[y.group] == y.length
+        for x, y in zip(a, b, strict=True)
+    ):
+        for x, y in zip(a, b, strict=True):
+            st.union(x.group, y.group)
+        return True
+    if aligned and all(st.find(x.group) == st.find(y.group) and x.start == y.start for x, y in zip(a, b, strict=True)):
+        return True
+    st.freeze([a, b], f"{_where(node)} combines tensors whose channel layouts do not line up")
+    return False
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def _passthrough(st: _State, node: onnx.NodeProto) -> None:
+    """Output channels are input 0's channels (activations, pools, Dropout...)."""
+    layout = st.layout(node.input[0]) if node.input else None
+    others = [st.layouts[t] for t in node.input[1:] if t in st.layouts]
+    if others:
+        st.freeze(others + ([layout] if layout else []), f"{_where(node)} reads channels on a parameter input")
+        return
+    if layout is None:
+        return
+    for out in node.output:
+        if out:
+            st.layouts[out] = layout
+
+
+def _spatial_only(positions: Iterable[int], rank: int) -> bool:
+    return all((p % rank) not in (0, 1) for p in positions)
+
+
+def _pad(st: _State, node: onnx.NodeProto) -> None:
+    """Pad passes channels through when it pads spatial axes only."""
+    layout = st.layout(node.input[0])
+    if layout is None:
+        return
+    rank = st.index.rank(node.input[0]) or 4
+    pads = node_attr(node, "pads")
+    if pads is None and len(node.input) > 1 and node.input[1]:
+        value = st.index.constant(node.input[1])
+        pads = None if value is None else [int(v) for v in value]
+    axes: list[int] | None = None
+    if len(node.input) > 3 and node.input[3]:
+        value = st.index.constant(node.input[3])
+        axes = None if value is None else [int(v) % rank for v in value]
+    if pads is None or (len(node.input) > 3 and node.input[3] and axes is None):
+        st.freeze([layout], f"{_where(node)} has non-constant pads")
+        return
+    axes = axes if axes is not None else list(range(rank))
+    n = len(axes)
+    touched = [ax for i, ax in enumerate(axes) if pads[i] != 0 or pads[i + n] != 0]
+    if not _spatial_only(touched, rank):
+        st.freeze([layout], f"{_where(node)} pads the batch or channel axis")
+        return
+    st.layouts[node.output[0]] = layout
+
+
+def _squeeze(st: _State, node: onnx.NodeProto) -> None:
+    """Squeeze/Unsqueeze of trailing spatial axes keep channels on axis 1."""
+    layout = st.layout(node.input[0])
+    if layout is None:
+        return
+    axes = node_attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = st.index.constant(node.input[1])
+        axes = None if value is None else [int(v) for v in value]
+    out_rank = st.index.rank(node.output[0])
+    in_rank = st.index.rank(node.input[0])
+    rank = max(out_rank or 0, in_rank or 0)
+    if axes is None or rank == 0 or not _spatial_only(axes, rank):
+        st.freeze([layout], f"{_where(node)} moves the channel axis")
+        return
+    st.layouts[node.output[0]] = layout
+
+
+def _per_channel_params(slots: tuple[int, ...]) -> Rule:
+    """Normalisations whose parameter inputs at ``slots`` are ``[C]`` vectors."""
+
+    def rule(st: _State, node: onnx.NodeProto) -> None:
+        layout = st.layout(node.input[0])
+        if layout is None:
+            return
+        for slot in slots:
+            if slot < len(node.input) and node.input[slot]:
+                if not st.index.is_constant(node.input[slot]):
+                    st.freeze([layout], f"{_where(node)} has non-constant parameters")
+                    return
+        for slot in slots:
+            if slot < len(node.input) and node.input[slot]:
+                st.edits.append(SliceEdit(node.name, slot, 0, layout))
+        for out in node.output:
+            if out:
+                st.layouts[out] = layout
+
+    return rule
+
+
+def _elementwise(st: _State, node: onnx.NodeProto) -> None:
+    """Add/Sub/Mul/Div/Sum/...: channel tensors are merged, constants sliced."""
+    layout_inputs = [(slot, t) for slot, t in enumerate(node.input) if t in st.layouts]
+    if not layout_inputs:
+        return
+    layouts = [st.layouts[t] for _, t in layout_inputs]
+    out_rank = st.index.rank(node.output[0])
+    if out_rank is None or any(st.index.rank(t) != out_rank for _, t in layout_inputs):
+        st.freeze(layouts, f"{_where(node)} broadcasts a channel tensor of another rank")
+        return
+    for slot, tensor in enumerate(node.input):
+        if not tensor or tensor in st.layouts:
+            continue
+        value = st.index.constant(tensor)
+        if value is None:
+            st.freeze(layouts, f"{_where(node)} mixes channels with a non-constant operand '{tensor}'")
+            return
+        axis = 1 - (out_rank - value.ndim)
+        if 0 <= axis < value.ndim and value.shape[axis] > 1:
+            if value.shape[axis] != layout_size(layouts[0]):
+                st.freeze(layouts, f"{_where(node)} has a constant of unexpected channel size")
+                return
+            st.edits.append(SliceEdit(node.name, slot, axis, layouts[0]))
+    for other in layouts[1:]:
+        if not _unify(st, layouts[0], other, node):
+            return
+    st.layouts[node.output[0]] = layouts[0]
+
+
+def _concat(st: _State, node: onnx.NodeProto) -> None:
+    """Concat on the channel axis appends layouts; elsewhere it merges them."""
+    layouts = st.input_layouts(node)
+    if not layouts:
+        return
+    rank = st.index.rank(node.output[0])
+    if rank is None:
+        st.freeze(layouts, f"{_where(node)} has an unknown output rank")
+        return
+    axis = int(node_attr(node, "axis", 1)) % rank
+    if axis == 1:
+        out: list[Segment] = []
+        for tensor in node.input:
+            layout = st.layout(tensor)
+            if layout is None:
+                shape = st.index.shape(tensor)
+                if shape is None:
+                    st.freeze(layouts, f"{_where(node)} concatenates a tensor of unknown shape")
+                    return
+                layout = (Segment(st.new_group(shape[1], frozen=f"channels of '{tensor}' come from outside the pruned layers"), 0, shape[1]),)
+            out.extend(layout)
+        st.layouts[node.output[0]] = tuple(out)
+        return
+    if len(layouts) != len([t for t in node.input if t]):
+        st.freeze(layouts, f"{_where(node)} concatenates channel tensors with other tensors")
+        return
+    for other in layouts[1:]:
+        if not _unify(st, layouts[0], other, node):
+            return
+    st.layouts[node.output[0]] = layouts[0]
+
+
+def _weight(st: _State, node: onnx.NodeProto, slot: int) -> np.ndarray | None:
+    return st.index.constant(node.input[slot]) if slot < len(node.input) and node.input[slot] else None
+
+
+def _conv(st: _State, node: onnx.NodeProto) -> None:
+    """Conv: contracts input channels (axis 1), creates output channels (axis 0)."""
+    layout = st.layout(node.input[0])
+    weight = _weight(st, node, 1)
+    if weight is None:
+        st.freeze([layout] if layout else [], f"{_where(node)} has a non-constant weight")
+        if st.index.shape(node.output[0]):
+            st.fresh(node.output[0], st.index.shape(node.output[0])[1], frozen=f"{_where(node)} has a non-constant weight")
+        return
+    m, cin_g = weight.shape[0], weight.shape[1]
+    group = int(node_attr(node, "group", 1))
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    if group == 1:
+        if layout is not None:
+            st.edits.append(SliceEdit(node.name, 1, 1, layout, contracting=True))
+        member = Member(node.name, node.op_type, node.output[0], node.input[1], 0)
+        out = st.fresh(node.output[0], m, member)
+        st.edits.append(SliceEdit(node.name, 1, 0, out))
+        if has_bias:
+            st.edits.append(SliceEdit(node.name, 2, 0, out))
+        return
+    if cin_g == 1 and m == group and layout is not None and layout_size(layout) == group:
+        # Depthwise: output channel c is input channel c.
+        st.edits.append(SliceEdit(node.name, 1, 0, layout))
+        if has_bias:
+            st.edits.append(SliceEdit(node.name, 2, 0, layout))
+        st.attr_edits.append(AttrEdit(node.name, "group", layout))
+        st.layouts[node.output[0]] = layout
+        return
+    reason = f"{_where(node)} is a grouped convolution (group={group})"
+    st.freeze([layout] if layout else [], reason)
+    st.fresh(node.output[0], m, frozen=reason)
+
+
+def _conv_transpose(st: _State, node: onnx.NodeProto) -> None:
+    """ConvTranspose: weight axes swapped — input channels on 0, outputs on 1."""
+    layout = st.layout(node.input[0])
+    weight = _weight(st, node, 1)
+    group = int(node_attr(node, "group", 1))
+    if weight is None or group != 1:
+        reason = f"{_where(node)} has a non-constant weight or group != 1"
+        st.freeze([layout] if layout else [], reason)
+        shape = st.index.shape(node.output[0])
+        if shape:
+            st.fresh(node.output[0], shape[1], frozen=reason)
+        return
+    if layout is not None:
+        st.edits.append(SliceEdit(node.name, 1, 0, layout, contracting=True))
+    member = Member(node.name, node.op_type, node.output[0], node.input[1], 1)
+    out = st.fresh(node.output[0], weight.shape[1], member)
+    st.edits.append(SliceEdit(node.name, 1, 1, out))
+    if len(node.input) > 2 and node.input[2]:
+        st.edits.append(SliceEdit(node.name, 2, 0, out))
+
+
+def _linear(st: _State, node: onnx.NodeProto) -> None:
+    """Gemm / MatMul with a constant 2-D weight: contracts A's features, creates units."""
+    layout = st.layout(node.input[0])
+    weight = _weight(st, node, 1)
+    if node.op_type == "Gemm":
+        trans_a, trans_b = int(node_attr(node, "transA", 0)), int(node_attr(node, "transB", 0))
+    else:
+        trans_a, trans_b = 0, 0
+    a_rank = st.index.rank(node.input[0])
+    if weight is None or weight.ndim != 2 or trans_a or (a_rank is not None and a_rank != 2) or node.input[1] in st.layouts:
+        reason = f"{_where(node)} is not a 2-D product with a constant weight"
+        st.freeze(st.input_layouts(node), reason)
+        return
+    in_axis, out_axis = (1, 0) if trans_b else (0, 1)
+    if layout is not None:
+        st.edits.append(SliceEdit(node.name, 1, in_axis, layout, contracting=True))
+    member = Member(node.name, node.op_type, node.output[0], node.input[1], out_axis)
+    out = st.fresh(node.output[0], weight.shape[out_axis], member)
+    st.edits.append(SliceEdit(node.name, 1, out_axis, out))
+    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+        bias = st.index.constant(node.input[2])
+        if bias is None:
+            st.freeze([out], f"{_where(node)} has a non-constant bias")
+        elif bias.ndim >= 1 and bias.shape[-1] > 1:
+            if bias.ndim == 2 and bias.shape[0] > 1:
+                st.freeze([out], f"{_where(node)} has a per-row bias")
+            else:
+                st.edits.append(SliceEdit(node.name, 2, bias.ndim - 1, out))
+
+
+def _flatten_layout(st: _State, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+    in_shape = st.index.shape(node.input[0])
+    out_shape = st.index.shape(node.output[0])
+    if in_shape is None or out_shape is None or len(in_shape) < 2:
+        return None
+    spatial = math.prod(in_shape[2:])
+    if len(out_shape) != 2 or out_shape[1] != in_shape[1] * spatial:
+        return None
+    return tuple(Segment(s.group, s.start, s.length, s.block * spatial) for s in layout)
+
+
+def _flatten(st: _State, node: onnx.NodeProto) -> None:
+    """Flatten(axis=1): each channel becomes a block of H*W features."""
+    layout = st.layout(node.input[0])
+    if layout is None:
+        return
+    rank = st.index.rank(node.input[0]) or 0
+    axis = int(node_attr(node, "axis", 1))
+    out = _flatten_layout(st, node, layout) if rank and axis % rank == 1 else None
+    if out is None:
+        st.freeze([layout], f"{_where(node)} does not flatten from the channel axis")
+        return
+    st.layouts[node.output[0]] = out
+
+
+def _reshape(st: _State, node: onnx.NodeProto) -> None:
+    """Reshape that flattens [N,C,...] to [N,F], or keeps N and C in place."""
+    layout = st.layout(node.input[0])
+    if layout is None:
+        return
+    shape = st.index.constant(node.input[1]) if len(node.input) > 1 else None
+    in_shape = st.index.shape(node.input[0])
+    out_shape = st.index.shape(node.output[0])
+    if shape is None or in_shape is None or out_shape is None or int(node_attr(node, "allowzero", 0)):
+        st.freeze([layout], f"{_where(node)} has a shape that is not a known constant")
+        return
+    if len(out_shape) >= 2 and out_shape[0] == in_shape[0] and out_shape[1] == in_shape[1]:
+        st.attr_edits.append(AttrEdit(node.name, "reshape", layout))
+        st.layouts[node.output[0]] = layout
+        return
+    flat = _flatten_layout(st, node, layout) if out_shape[0] == in_shape[0] else None
+    if flat is None:
+        st.freeze([layout], f"{_where(node)} reshapes across the channel axis")
+        return
+    st.attr_edits.append(AttrEdit(node.name, "reshape", flat))
+    st.layouts[node.output[0]] = flat
+
+
+def _resize(st: _State, node: onnx.NodeProto) -> None:
+    """Resize/Upsample with scales of 1 on batch and channel axes."""
+    layout = st.layout(node.input[0])
+    if layout is None:
+        return
+    scales = node_attr(node, "scales")
+    slot = 2 if node.op_type == "Resize" and len(node.input) > 2 else 1
+    if scales is None and slot < len(node.input) and node.input[slot]:
+        scales = st.index.constant(node.input[slot])
+    sizes_given = node.op_type == "Resize" and len(node.input) > 3 and bool(node.input[3])
+    if sizes_given or scales is None or len(scales) < 2 or float(scales[0]) != 1.0 or float(scales[1]) != 1.0:
+        st.freeze([layout], f"{_where(node)} does not resize with constant spatial scales")
+        return
+    st.layouts[node.output[0]] = layout
+
+
+def _build_rules() -> dict[str, Rule]:
+    table: dict[str, Rule] = {}
+
+    def add(ops: Iterable[str], rule: Rule) -> None:
+        for op in ops:
+            if op in table:
+                raise ValueError(f"duplicate channel rule for {op}")
+            table[op] = rule
+
+    add(
+        [
+            "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu",
+            "Selu", "Celu", "Softplus", "Softsign", "ThresholdedRelu", "Gelu", "Mish", "Identity",
+            "Dropout", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Erf", "Cast",
+            "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+        ],
+        _passthrough,
+    )
+    add(["Pad"], _pad)
+    add(["Squeeze", "Unsqueeze"], _squeeze)
+    add(["BatchNormalization"], _per_channel_params((1, 2, 3, 4)))
+    add(["InstanceNormalization"], _per_channel_params((1, 2)))
+    add(["Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean", "PRelu", "Pow"], _elementwise)
+    add(["Concat"], _concat)
+    add(["Conv"], _conv)
+    add(["ConvTranspose"], _conv_transpose)
+    add(["Gemm", "MatMul"], _linear)
+    add(["Flatten"], _flatten)
+    add(["Reshape"], _reshape)
+    add(["Resize", "Upsample"], _resize)
+    return table
+
+
+RULES: Mapping[str, Rule] = _build_rules()
+SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(RULES))
+
+
+def analyze_channels(model: onnx.ModelProto, index: GraphIndex | None = None) -> ChannelAnalysis:
+    """Build the channel groups of ``model`` (shapes must be inferred beforehand).
+
+    Args:
+        model: a normalized model (see :func:`onnx_pfgdf.io.normalize`).
+        index: an existing index of ``model`` to reuse.
+
+    Returns:
+        Groups with members and frozen reasons, per-tensor layouts and the
+        slicing edits a plan needs.
+    """
+    st = _State(index or GraphIndex(model))
+    for node in st.index.nodes:
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is None:
+            st.freeze(st.input_layouts(node), f"{_where(node)} has no channel rule")
+            continue
+        if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+            st.freeze(st.input_layouts(node), f"{_where(node)} outputs indices")
+            continue
+        rule(st, node)
+    for out in st.index.graph_outputs:
+        if out in st.layouts:
+            st.freeze([st.layouts[out]], f"channels reach graph output '{out}'")
+    return _finish(st)
+
+
+def _finish(st: _State) -> ChannelAnalysis:
+    root_layouts = {
+        t: tuple(Segment(st.find(s.group), s.start, s.length, s.block) for s in lay) for t, lay in st.layouts.items()
+    }
+    tensors: dict[int, list[str]] = {}
+    for tensor, layout in root_layouts.items():
+        for seg in layout:
+            tensors.setdefault(seg.group, [])
+            if tensor not in tensors[seg.group]:
+                tensors[seg.group].append(tensor)
+    groups: dict[int, Group] = {}
+    for gid in range(len(st.parent)):
+        root = st.find(gid)
+        if root in groups:
+            continue
+        groups[root] = Group(
+            id=root,
+            channels=st.size[root],
+            members=tuple(st.members[root]),
+            tensors=tuple(tensors.get(root, ())),
+            frozen=tuple(st.frozen[root]),
+        )
+
+    def rooted(layout: Layout) -> Layout:
+        return tuple(Segment(st.find(s.group), s.start, s.length, s.block) for s in layout)
+
+    edits = tuple(SliceEdit(e.node, e.slot, e.axis, rooted(e.layout), e.contracting) for e in st.edits)
+    attr_edits = tuple(AttrEdit(e.node, e.kind, rooted(e.layout)) for e in st.attr_edits)
+    return ChannelAnalysis(groups=groups, layouts=root_layouts, edits=edits, attr_edits=attr_edits)

@@ -1,0 +1,264 @@
+"""Command line: argv -> config -> api -> files -> exit code; nothing else.
+
+Exit codes: 0 success, 2 bad input or usage, 1 verification or internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from onnx_pfgdf import api
+from onnx_pfgdf.criteria import CRITERIA, SIDES, STATISTICS, CriterionConfig
+from onnx_pfgdf.errors import BadInputError, PfgdfError
+from onnx_pfgdf.io import LoadOptions, parse_input_shape, read_model, write_model
+from onnx_pfgdf.plan import KeepRule, load_plan
+from onnx_pfgdf.recover import RECOVERY
+from onnx_pfgdf.report import render_table
+
+__all__ = ["main", "convert_and_prune", "build_parser"]
+
+PROG = "onnx-pfgdf"
+
+EXAMPLES = """examples:
+  onnx-pfgdf analyze models/vgg16.onnx
+  onnx-pfgdf prune models/vgg16.onnx -o vgg16_pruned.onnx --criterion l1 --ratio 0.5 --plan-out plan.json --report r.json
+  onnx-pfgdf prune models/resnet32.onnx -o r32.onnx --alpha 1.0 --statistic l1 --side outside
+  onnx-pfgdf prune model.onnx -o out.onnx --apply-plan plan.json
+  onnx-pfgdf verify models/vgg16.onnx vgg16_pruned.onnx --plan plan.json
+  onnx-pfgdf evaluate models/vgg16.onnx --data models/data/mnist32_test.npz
+"""
+
+
+def _load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
+                   help="fix a graph input's shape, e.g. input:1,3,32,32 (repeatable; batch defaults to 1)")
+    p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=True,
+                   help="run onnx-simplifier before the analysis (default: on)")
+
+
+def _criterion_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--criterion", choices=sorted(CRITERIA), default="pfgdf", help="filter criterion (default: pfgdf)")
+    p.add_argument("--statistic", choices=STATISTICS, default=CriterionConfig.statistic,
+                   help=f"PFGDF per-filter statistic (default: {CriterionConfig.statistic})")
+    p.add_argument("--side", choices=SIDES, default=CriterionConfig.side,
+                   help=f"PFGDF: prune outside or inside the interval (default: {CriterionConfig.side})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion and verification inputs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (choices come from the registries)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="PFGDF filter pruning for exported ONNX CNNs: smaller dense models, verified.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("analyze", help="per-layer table: filters, params, MACs, Gaussian fit, groups, frozen reasons")
+    p.add_argument("model")
+    _load_args(p)
+    _criterion_args(p)
+    p.add_argument("--json", metavar="PATH", help="also write the analysis as JSON")
+
+    p = sub.add_parser("prune", help="prune filters, verify, write the smaller model",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("-o", "--output", help="pruned model path (required unless --dry-run)")
+    _load_args(p)
+    _criterion_args(p)
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--ratio", type=float, help="remove this fraction of each prunable group's channels")
+    amount.add_argument("--alpha", type=float,
+                        help=f"PFGDF interval half-width in sigmas (default when no --ratio: {api.DEFAULT_ALPHA})")
+    amount.add_argument("--apply-plan", metavar="PLAN", help="replay a saved plan.json")
+    p.add_argument("--min-keep", type=int, default=1, help="channels every group keeps at least (default: 1)")
+    p.add_argument("--min-keep-fraction", type=float, default=0.0,
+                   help="fraction of each group's channels kept at least (default: 0)")
+    p.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of N (default: 1)")
+    p.add_argument("--recover", choices=sorted(RECOVERY), default="none", help="training-free recovery (default: none)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="verification bound on the max relative error (default: 1e-4)")
+    p.add_argument("--plan-out", metavar="PATH", help="write the plan (JSON) for replay")
+    p.add_argument("--report", metavar="PATH", help="write the full report as JSON")
+    p.add_argument("--report-md", metavar="PATH", help="write the report as markdown")
+    p.add_argument("--dry-run", action="store_true", help="print what would be removed; write nothing")
+
+    p = sub.add_parser("verify", help="check a pruned model against the masked original")
+    p.add_argument("original")
+    p.add_argument("pruned")
+    p.add_argument("--plan", required=True, help="the plan.json the pruned model was made with")
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    _load_args(p)
+
+    p = sub.add_parser("evaluate", help="top-1 accuracy of a model on a labelled .npz")
+    p.add_argument("model")
+    p.add_argument("--data", required=True, help=".npz with arrays named after the model inputs and 'labels'")
+    p.add_argument("--batch-size", type=int, default=256)
+    return parser
+
+
+def _load_options(args: argparse.Namespace) -> LoadOptions:
+    shapes = dict(parse_input_shape(text) for text in args.input_shape)
+    return LoadOptions(input_shapes=shapes, simplify=args.simplify)
+
+
+def _criterion(args: argparse.Namespace, alpha: float | None = None) -> CriterionConfig:
+    return CriterionConfig(args.criterion, args.statistic, args.side, alpha, args.seed)
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text)
+
+
+def _write_text(path: str, text: str) -> None:
+    """Atomic text write (temp file in the same directory, then rename)."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise BadInputError(f"output directory does not exist: {target.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt_fit(fit: dict | None) -> str:
+    if not fit:
+        return "-"
+    return f"mu={fit['mu']:.3g} sd={fit['sigma']:.3g} KS={fit['ks_statistic']:.2f}"
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    model = read_model(args.model)
+    analysis = api.analyze(model, _load_options(args), _criterion(args))
+    report = analysis.report
+    rows = [["layer", "op", "group", "prunable", "filters", "params", "MACs", "Gaussian fit (statistic)"]]
+    for r in report.layers:
+        rows.append([r.output, r.op_type, str(r.group if r.group is not None else "-"), "yes" if r.prunable else "no",
+                     str(r.filters), f"{r.params:,}", f"{r.macs:,}", _fmt_fit(r.fit)])
+    _say(args, render_table(rows))
+    c = report.count
+    _say(args, f"\ntotal: {c.filters:,} filters, {c.params:,} params, {c.macs:,} MACs (batch 1); "
+               f"{report.prunable_groups} prunable groups, {len(report.frozen)} frozen")
+    if report.frozen:
+        _say(args, "\nfrozen groups (not pruned):")
+        for f in report.frozen:
+            _say(args, f"  group {f.group} ({f.channels} ch; layers: {', '.join(f.layers) or '-'}): {'; '.join(f.reasons)}")
+    if args.json:
+        _write_text(args.json, json.dumps(report.to_dict(), indent=1) + "\n")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    if not args.dry_run and not args.output:
+        raise BadInputError("prune needs -o OUTPUT (or --dry-run)")
+    if args.output and os.path.realpath(args.output) == os.path.realpath(args.model):
+        raise BadInputError(f"refusing to overwrite the input model: {args.output}")
+    if args.round_to < 1 or args.min_keep < 1:
+        raise BadInputError("--round-to and --min-keep must be at least 1")
+    model = read_model(args.model)
+    config = api.PruneConfig(
+        criterion=_criterion(args, args.alpha),
+        ratio=args.ratio,
+        keep_rule=KeepRule(args.min_keep, args.min_keep_fraction, args.round_to),
+        load=_load_options(args),
+        recover=args.recover,
+        tolerance=args.tolerance,
+    )
+    if args.apply_plan:
+        result = api.apply_plan(model, load_plan(args.apply_plan), config)
+    else:
+        result = api.prune(model, config)
+    report = result.report
+    _say(args, render_table(report.summary_rows()))
+    v = result.verification
+    if v is not None:
+        _say(args, f"verification: passed (max relative error {v.max_rel_error:.2e} <= {v.tolerance:g}, checker ok)")
+    if args.dry_run:
+        _say(args, "\ndry run: would remove")
+        for row in report.layers:
+            if row.kept is not None and row.kept < row.filters:
+                _say(args, f"  {row.output} ({row.node}): {row.filters - row.kept} of {row.filters}")
+        return 0
+    write_model(result.model, args.output, input_path=args.model)
+    if args.plan_out:
+        _write_text(args.plan_out, json.dumps(result.plan.to_dict(), indent=1) + "\n")
+    if args.report:
+        _write_text(args.report, json.dumps(report.to_dict(), indent=1) + "\n")
+    if args.report_md:
+        _write_text(args.report_md, report.to_markdown())
+    _say(args, f"wrote {args.output}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    original = read_model(args.original)
+    pruned = read_model(args.pruned)
+    result = api.verify(original, pruned, load_plan(args.plan), _load_options(args), args.tolerance)
+    status = "passed" if result.passed else "FAILED"
+    _say(args, f"verification {status}: max relative error {result.max_rel_error:.2e} "
+               f"(tolerance {result.tolerance:g}), checker: {result.checker}")
+    return 0 if result.passed else 1
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from onnx_pfgdf.data import load_npz
+    from onnx_pfgdf.evaluate import top1_accuracy
+
+    model = read_model(args.model)
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    dataset = load_npz(args.data, names)
+    if dataset.labels is None:
+        raise BadInputError(f"{args.data} has no 'labels' array")
+    acc = top1_accuracy(model, dataset, batch_size=args.batch_size, progress=not args.quiet)
+    _say(args, f"top-1 accuracy: {100.0 * acc:.2f}% on {len(dataset)} samples ({args.data})")
+    return 0
+
+
+COMMANDS = {"analyze": _cmd_analyze, "prune": _cmd_prune, "verify": _cmd_verify, "evaluate": _cmd_evaluate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse reports usage errors with exit 2
+        return int(exc.code or 0)
+    level = logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except PfgdfError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # last resort: one line, details with --verbose
+        logging.getLogger(__name__).debug("internal error", exc_info=True)
+        print(f"{PROG}: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+              " (run with --verbose for details)", file=sys.stderr)
+        return 1
+
+
+def convert_and_prune(argv: Sequence[str] | None = None) -> int:
+    """``convert-and-prune ...`` is ``onnx-pfgdf prune ...``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return main(["prune", *args])

@@ -1,0 +1,220 @@
+"""Run ONNX models in onnxruntime (CPU) and score them on a dataset.
+
+* :func:`make_session` builds a CPU ``InferenceSession`` from a ``ModelProto``.
+* :func:`run_batched` feeds a :class:`~onnx_pfgdf.data.Dataset`-style input dict
+  in batches and concatenates each output along axis 0.  When an input's batch
+  dimension is fixed (e.g. 1), that fixed size is the batch size.
+* :func:`top1_accuracy`, :func:`top1_agreement` and :func:`relative_l2_error`
+  score the outputs.
+
+All scores use the *first* output of the model as the logits ``[N, C]``.
+onnxruntime is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Sequence, Union
+
+import numpy as np
+import onnx
+
+from onnx_pfgdf.data import Dataset
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnxruntime as ort
+
+__all__ = [
+    "make_session",
+    "run_batched",
+    "top1_accuracy",
+    "top1_agreement",
+    "relative_l2_error",
+]
+
+logger = logging.getLogger(__name__)
+
+ModelOrSession = Union[onnx.ModelProto, "ort.InferenceSession"]
+
+
+def make_session(model: onnx.ModelProto, threads: int | None = None) -> "ort.InferenceSession":
+    """Create a CPU onnxruntime session from the serialized model.
+
+    Args:
+        model: the model; it is serialized, never mutated.
+        threads: intra-op thread count; ``None`` lets onnxruntime choose.
+
+    Returns:
+        An ``InferenceSession`` on ``CPUExecutionProvider``.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def _as_session(model_or_session: ModelOrSession) -> "ort.InferenceSession":
+    """Return a session, building one for a ``ModelProto``."""
+    if isinstance(model_or_session, onnx.ModelProto):
+        return make_session(model_or_session)
+    return model_or_session
+
+
+def _fixed_batch(session: "ort.InferenceSession", names: Sequence[str]) -> int | None:
+    """Smallest fixed (integer) leading dimension among the fed inputs, or ``None``."""
+    fixed = [
+        i.shape[0]
+        for i in session.get_inputs()
+        if i.name in names and i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0
+    ]
+    return min(fixed) if fixed else None
+
+
+def run_batched(
+    model_or_session: ModelOrSession,
+    inputs: dict[str, np.ndarray],
+    batch_size: int = 256,
+    output_names: Sequence[str] | None = None,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """Run the model over all samples, ``batch_size`` at a time.
+
+    If an input has a fixed leading dimension ``b`` (for instance a model
+    exported with batch 1), batches of exactly ``b`` samples are fed instead;
+    a trailing remainder smaller than ``b`` cannot be fed and is an error.
+
+    Args:
+        model_or_session: a ``ModelProto`` or an existing ``InferenceSession``.
+        inputs: ``{input_name: array}``, axis 0 being the sample axis.
+        batch_size: samples per run for a dynamic batch axis.
+        output_names: outputs to fetch; ``None`` fetches all, in graph order.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        One array per output, the per-batch results concatenated along axis 0.
+
+    Raises:
+        ValueError: empty or ragged inputs, or a sample count not divisible by
+            a fixed batch size.
+    """
+    session = _as_session(model_or_session)
+    if not inputs:
+        raise ValueError("no inputs to feed")
+    lengths = {int(a.shape[0]) for a in inputs.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"inputs differ in length: {sorted(lengths)}")
+    n = lengths.pop()
+    names = list(output_names) if output_names is not None else [
+        o.name for o in session.get_outputs()
+    ]
+    fixed = _fixed_batch(session, list(inputs))
+    step = fixed if fixed is not None else max(1, int(batch_size))
+    if fixed is not None and n % fixed:
+        raise ValueError(f"{n} samples do not fill batches of the model's fixed size {fixed}")
+    starts = range(0, n, step)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="onnxruntime", unit="batch", total=len(starts))
+    chunks: list[list[np.ndarray]] = [[] for _ in names]
+    for s in starts:
+        feed = {k: v[s:s + step] for k, v in inputs.items()}
+        for acc, out in zip(chunks, session.run(names, feed)):
+            acc.append(np.asarray(out))
+    logger.debug("ran %d samples in batches of %d", n, step)
+    return [np.concatenate(c, axis=0) if c else np.empty((0,)) for c in chunks]
+
+
+def _first_output(
+    model_or_session: ModelOrSession, dataset: Dataset, batch_size: int, progress: bool
+) -> np.ndarray:
+    """Logits (first output) of the model on the dataset."""
+    session = _as_session(model_or_session)
+    first = session.get_outputs()[0].name
+    (out,) = run_batched(session, dataset.inputs, batch_size, [first], progress)
+    return out
+
+
+def _argmax(logits: np.ndarray) -> np.ndarray:
+    """Class index per sample: argmax over all non-sample axes flattened."""
+    return logits.reshape(logits.shape[0], -1).argmax(axis=1)
+
+
+def top1_accuracy(
+    model: ModelOrSession, dataset: Dataset, batch_size: int = 256, progress: bool = False
+) -> float:
+    """Fraction of samples whose argmax of the first output equals the label.
+
+    ``acc = mean_i [argmax_c f(x_i)_c == y_i]``, a number in ``[0, 1]``.
+
+    Raises:
+        ValueError: the dataset has no labels or no samples.
+    """
+    if dataset.labels is None:
+        raise ValueError("top-1 accuracy needs labels")
+    if len(dataset) == 0:
+        raise ValueError("top-1 accuracy of an empty dataset")
+    pred = _argmax(_first_output(model, dataset, batch_size, progress))
+    return float(np.mean(pred == dataset.labels))
+
+
+def top1_agreement(
+    reference: ModelOrSession | Sequence[np.ndarray] | np.ndarray,
+    model: ModelOrSession,
+    dataset: Dataset,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> float:
+    """Fraction of samples on which both models predict the same class.
+
+    ``agree = mean_i [argmax f_ref(x_i) == argmax f(x_i)]`` over first outputs.
+
+    Args:
+        reference: the reference model/session, or its precomputed outputs
+            (a list whose first element is the logits, or the logits array).
+        model: the model compared with the reference.
+        dataset: the samples (labels not needed).
+        batch_size: samples per run.
+        progress: show progress bars.
+    """
+    if isinstance(reference, np.ndarray):
+        ref = reference
+    elif isinstance(reference, (list, tuple)):
+        ref = np.asarray(reference[0])
+    else:
+        ref = _first_output(reference, dataset, batch_size, progress)
+    out = _first_output(model, dataset, batch_size, progress)
+    if ref.shape[0] != out.shape[0]:
+        raise ValueError(f"reference has {ref.shape[0]} samples, model {out.shape[0]}")
+    return float(np.mean(_argmax(ref) == _argmax(out)))
+
+
+def relative_l2_error(ref: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> float:
+    """Largest relative L2 error over paired outputs.
+
+    ``max_k ||ref_k - out_k||_2 / ||ref_k||_2`` (Frobenius norm over all
+    elements, computed in float64).  A zero reference gives 0 if the output is
+    zero too, else ``inf``.
+
+    Raises:
+        ValueError: different numbers of outputs or mismatched shapes.
+    """
+    if len(ref) != len(out):
+        raise ValueError(f"{len(ref)} reference outputs vs {len(out)} outputs")
+    worst = 0.0
+    for a, b in zip(ref, out):
+        a64 = np.asarray(a, dtype=np.float64)
+        b64 = np.asarray(b, dtype=np.float64)
+        if a64.shape != b64.shape:
+            raise ValueError(f"output shapes differ: {a64.shape} vs {b64.shape}")
+        num = float(np.linalg.norm(a64 - b64))
+        den = float(np.linalg.norm(a64))
+        err = (0.0 if num == 0.0 else float("inf")) if den == 0.0 else num / den
+        worst = max(worst, err)
+    return worst

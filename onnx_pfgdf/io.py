@@ -1,0 +1,557 @@
+"""Load, normalise and save ONNX models.
+
+Every later stage of onnx-pfgdf works on a *normalised* model, which
+:func:`normalize` builds from whatever an exporter wrote:
+
+* weights are initializers (``Constant`` nodes with a ``value`` tensor are
+  turned into initializers of the same name) and initializers are not also
+  listed as graph inputs;
+* every graph input has a fixed shape (batch 1 unless the user said otherwise);
+* the model has been through onnx-simplifier (when asked) and onnx shape
+  inference, so every tensor the pruner looks at has a known shape;
+* every node has a unique name (tensor names are never changed);
+* onnxruntime can load it.
+
+Models that cannot be pruned are refused with a one-line
+:class:`~onnx_pfgdf.errors.BadInputError`: empty graphs, quantized models, models
+without a ``Conv``, non-finite weights, models that fail ``onnx.checker`` or
+onnxruntime.
+
+:func:`write_model` saves atomically (temporary file + ``os.replace``) and
+switches to ONNX external data above :data:`EXTERNAL_DATA_THRESHOLD` bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_pfgdf.errors import BadInputError
+
+__all__ = [
+    "EXTERNAL_DATA_THRESHOLD",
+    "LoadOptions",
+    "normalize",
+    "opset_version",
+    "parse_input_shape",
+    "read_model",
+    "write_model",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Serialized size (bytes) above which models are saved with external data.
+#: Protobuf cannot serialize messages of 2 GiB or more.
+EXTERNAL_DATA_THRESHOLD: int = 1_800_000_000
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+#: Ops whose presence marks a quantized model (default and com.microsoft domains).
+_QUANTIZED_OPS = frozenset(
+    {
+        "ConvInteger",
+        "QLinearConv",
+        "MatMulInteger",
+        "QLinearMatMul",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QGemm",
+    }
+)
+
+_FLOAT_TYPES = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+    }
+)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How :func:`normalize` prepares a model.
+
+    Attributes:
+        input_shapes: Fixed shapes for graph inputs, keyed by input name, as
+            given by ``--input-shape NAME:1,3,32,32``. Needed for inputs with a
+            dynamic dimension other than the batch (dim 0).
+        simplify: Run onnx-simplifier before shape inference.
+    """
+
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    simplify: bool = True
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse one ``--input-shape`` value.
+
+    Args:
+        text: ``"NAME:D0,D1,..."``, e.g. ``"input:1,3,32,32"``. The name may
+            itself contain ``:``; the shape is what follows the last one.
+
+    Returns:
+        ``(name, dims)``, e.g. ``("input", (1, 3, 32, 32))``.
+
+    Raises:
+        BadInputError: the text is not ``NAME:`` followed by positive integers.
+    """
+    name, sep, dims_text = text.rpartition(":")
+    name = name.strip()
+    if not sep or not name or not dims_text.strip():
+        raise BadInputError(f"bad --input-shape {text!r}: expected NAME:1,3,224,224")
+    try:
+        dims = tuple(int(d) for d in dims_text.split(","))
+    except ValueError:
+        raise BadInputError(
+            f"bad --input-shape {text!r}: dims must be integers, e.g. {name}:1,3,224,224"
+        ) from None
+    if any(d <= 0 for d in dims):
+        raise BadInputError(f"bad --input-shape {text!r}: dims must be positive")
+    return name, dims
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load an ONNX model together with its external data.
+
+    Args:
+        path: The ``.onnx`` file. External data files are looked up relative
+            to its directory.
+
+    Returns:
+        The model, with all tensor data in memory.
+
+    Raises:
+        BadInputError: the file is missing, is a directory, is not a (complete)
+            ONNX model, or its external data cannot be read.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise BadInputError(f"model file not found: {path}")
+    if os.path.isdir(path):
+        raise BadInputError(f"model path is a directory, not an ONNX file: {path}")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # DecodeError, RuntimeError, ...
+        raise BadInputError(
+            f"cannot read {path} as an ONNX model (truncated or not ONNX): {_first_line(exc)}"
+        ) from exc
+    # Protobuf happily decodes many byte strings (even an empty file) into a
+    # ModelProto with no graph; a real export always has an IR version and a graph.
+    if model.ir_version == 0 or not model.HasField("graph"):
+        raise BadInputError(f"{path} is not an ONNX model (no IR version or no graph)")
+    try:
+        onnx.load_external_data_for_model(model, os.path.dirname(path))
+    except Exception as exc:  # missing file, path outside the model directory, short file
+        raise BadInputError(
+            f"cannot read the external data of {path}: {_first_line(exc)}"
+        ) from exc
+    return model
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    """Return the model's opset version for the default ONNX domain.
+
+    Raises:
+        BadInputError: the model imports no default-domain opset.
+    """
+    for opset in model.opset_import:
+        if opset.domain in _DEFAULT_DOMAINS:
+            return int(opset.version)
+    raise BadInputError("model imports no default-domain (ai.onnx) opset")
+
+
+# --------------------------------------------------------------------------
+# helpers for models that cannot be serialized into one protobuf (>= 2 GiB)
+
+
+def _is_large(model: onnx.ModelProto) -> bool:
+    return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+
+
+@contextlib.contextmanager
+def _as_file(model: onnx.ModelProto) -> Iterator[str]:
+    """Write ``model`` (with external data) to a temporary directory; yield its path."""
+    with tempfile.TemporaryDirectory(prefix="onnx_pfgdf_") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        onnx.save_model(
+            copy.deepcopy(model),
+            path,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="model.onnx.data",
+        )
+        yield path
+
+
+def _check_model(model: onnx.ModelProto) -> None:
+    if _is_large(model):
+        with _as_file(model) as path:
+            onnx.checker.check_model(path)
+    else:
+        onnx.checker.check_model(model)
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    if not _is_large(model):
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    with _as_file(model) as path:
+        out = os.path.join(os.path.dirname(path), "inferred.onnx")
+        onnx.shape_inference.infer_shapes_path(path, out, strict_mode=False, data_prop=True)
+        return onnx.load(out, load_external_data=True)
+
+
+def _check_onnxruntime(model: onnx.ModelProto) -> None:
+    """Raise BadInputError unless onnxruntime (CPU) can load ``model``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        if _is_large(model):
+            with _as_file(model) as path:
+                ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        else:
+            ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+    except Exception as exc:
+        raise BadInputError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
+
+
+# --------------------------------------------------------------------------
+# normalisation steps; each works in place on the private copy
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"#{index}"
+
+
+def _tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        raise BadInputError(
+            f"tensor '{tensor.name}' keeps its data in an external file that was not loaded"
+        )
+    return numpy_helper.to_array(tensor)
+
+
+def _refuse_unusable(model: onnx.ModelProto) -> None:
+    """Step 1: refuse models the pruner cannot work on."""
+    graph = model.graph
+    if len(graph.node) == 0:
+        raise BadInputError("model graph has no nodes")
+    for i, node in enumerate(graph.node):
+        if node.op_type in _QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+            raise BadInputError(
+                f"quantized model ({node.op_type} at node '{_node_label(node, i)}'): "
+                "prune the float model before quantizing"
+            )
+    if not any(
+        n.op_type in ("Conv", "ConvTranspose") and n.domain in _DEFAULT_DOMAINS
+        for n in graph.node
+    ):
+        raise BadInputError("no Conv layer to prune")
+    tensors = [(t, "initializer") for t in graph.initializer]
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS:
+            tensors += [(a.t, "Constant") for a in node.attribute if a.name == "value"]
+    for tensor, kind in tensors:
+        if tensor.data_type not in _FLOAT_TYPES:
+            continue
+        values = _tensor_array(tensor).astype(np.float64, copy=False)
+        if not np.isfinite(values).all():
+            name = tensor.name or "?"
+            raise BadInputError(f"{kind} '{name}' contains NaN or Inf values")
+    try:
+        _check_model(model)
+    except Exception as exc:
+        raise BadInputError(f"invalid ONNX model: {_first_line(exc)}") from exc
+
+
+def _drop_initializer_inputs(graph: onnx.GraphProto) -> int:
+    """Step 2: remove graph inputs that are initializers (pre-IR-4 exporters)."""
+    init_names = {t.name for t in graph.initializer}
+    kept = [vi for vi in graph.input if vi.name not in init_names]
+    removed = len(graph.input) - len(kept)
+    if removed:
+        del graph.input[:]
+        graph.input.extend(kept)
+    return removed
+
+
+def _constants_to_initializers(graph: onnx.GraphProto) -> int:
+    """Step 3: turn ``Constant(value=tensor)`` nodes into initializers."""
+    kept: list[onnx.NodeProto] = []
+    converted = 0
+    for node in graph.node:
+        value = [a for a in node.attribute if a.name == "value"]
+        if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS and value:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            converted += 1
+        else:
+            kept.append(node)
+    if converted:
+        del graph.node[:]
+        graph.node.extend(kept)
+    return converted
+
+
+def _dim_text(dim: onnx.TensorShapeProto.Dimension) -> str:
+    return repr(dim.dim_param) if dim.dim_param else "unknown"
+
+
+def _fix_input_dims(graph: onnx.GraphProto, input_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Step 4: give every graph input a fixed shape."""
+    init_names = {t.name for t in graph.initializer}
+    inputs = [vi for vi in graph.input if vi.name not in init_names]
+    names = [vi.name for vi in inputs]
+    for name in input_shapes:
+        if name not in names:
+            raise BadInputError(
+                f"--input-shape names '{name}', which is not a graph input; inputs are: "
+                + ", ".join(repr(n) for n in names)
+            )
+    for vi in inputs:
+        given = input_shapes.get(vi.name)
+        if not vi.type.HasField("tensor_type"):
+            if given is not None:
+                raise BadInputError(f"input '{vi.name}' is not a tensor; cannot set its shape")
+            continue
+        ttype = vi.type.tensor_type
+        if not ttype.HasField("shape"):
+            if given is None:
+                raise BadInputError(
+                    f"input '{vi.name}' has no shape: pass --input-shape {vi.name}:1,3,224,224"
+                )
+            for d in given:
+                ttype.shape.dim.add().dim_value = d
+            continue
+        dims = ttype.shape.dim
+        if given is not None and len(given) != len(dims):
+            raise BadInputError(
+                f"--input-shape for '{vi.name}' has rank {len(given)}, "
+                f"the input has rank {len(dims)}"
+            )
+        for i, dim in enumerate(dims):
+            fixed = dim.HasField("dim_value") and dim.dim_value > 0
+            if given is not None:
+                if fixed and dim.dim_value != given[i]:
+                    raise BadInputError(
+                        f"--input-shape for '{vi.name}' gives dim {i} = {given[i]}, "
+                        f"but the model fixes it to {dim.dim_value}"
+                    )
+                dim.dim_value = given[i]
+            elif not fixed:
+                if i == 0:
+                    logger.info(
+                        "input '%s': dynamic batch dim %s set to 1", vi.name, _dim_text(dim)
+                    )
+                    dim.dim_value = 1
+                else:
+                    example = ",".join(
+                        str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else "N"
+                        for d in dims
+                    )
+                    raise BadInputError(
+                        f"input '{vi.name}' has dynamic dim {i} ({_dim_text(dim)}): "
+                        f"pass --input-shape {vi.name}:{example}"
+                    )
+
+
+def _simplify(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """Step 5: onnx-simplifier, keeping BN layers and unshared initializers.
+
+    Returns None (after logging a warning) when onnxsim fails.
+    """
+    import onnxsim
+
+    init_names = {t.name for t in model.graph.initializer}
+    shapes = {
+        vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        for vi in model.graph.input
+        if vi.name not in init_names and vi.type.HasField("tensor_type")
+    }
+    try:
+        simplified, ok = onnxsim.simplify(
+            model,
+            # BN folding would change the weights the criteria score and drop the
+            # BN parameters the paper counts; merging equal initializers would make
+            # unrelated layers share a tensor that pruning must slice differently.
+            skip_fuse_bn=True,
+            skipped_optimizers=["eliminate_duplicate_initializer"],
+            overwrite_input_shapes=shapes or None,
+        )
+    except Exception as exc:
+        logger.warning("onnxsim failed, keeping the unsimplified model: %s", _first_line(exc))
+        return None
+    if not ok:
+        logger.warning("onnxsim could not validate its result; keeping the unsimplified model")
+        return None
+    # onnxsim records its run in metadata_props; keep the user's metadata only.
+    del simplified.metadata_props[:]
+    simplified.metadata_props.extend(model.metadata_props)
+    return simplified
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    """Step 7: give nameless (and duplicate-named) nodes unique names."""
+    taken = {n.name for n in graph.node if n.name}
+    seen: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = f"{node.op_type}_{index}" if not node.name else f"{node.name}_{index}"
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        if node.name:
+            logger.info("node name '%s' is used twice; renamed to '%s'", node.name, name)
+        node.name = name
+        taken.add(name)
+        seen.add(name)
+
+
+def _prepare(model: onnx.ModelProto) -> None:
+    """Steps 2 and 3 (idempotent; run again after onnxsim, which emits Constants)."""
+    removed = _drop_initializer_inputs(model.graph)
+    if removed:
+        logger.info("removed %d initializers listed as graph inputs", removed)
+        if model.ir_version < 4:
+            # IR < 4 requires initializers to be graph inputs; IR 4 only relaxed that.
+            model.ir_version = 4
+    converted = _constants_to_initializers(model.graph)
+    if converted:
+        logger.info("turned %d Constant nodes into initializers", converted)
+
+
+def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Steps 6 and 7 and the onnxruntime check."""
+    model = _infer_shapes(model)
+    _name_nodes(model.graph)
+    _check_onnxruntime(model)
+    return model
+
+
+def normalize(model: onnx.ModelProto, options: LoadOptions = LoadOptions()) -> onnx.ModelProto:
+    """Return a normalised copy of ``model`` ready for pruning.
+
+    Steps, in order: refuse unusable models; drop initializers from the graph
+    inputs; turn ``Constant`` nodes into initializers; fix input dims (batch
+    -> 1, others from ``options.input_shapes``); onnx-simplifier (optional,
+    with BN fusion and initializer de-duplication turned off; a failure only
+    logs a warning); onnx shape inference with data propagation; name nameless
+    nodes ``{op_type}_{index}``; check that onnxruntime (CPU) loads the result.
+    If onnxruntime rejects the simplified model, the unsimplified one is used.
+
+    Args:
+        model: The model as loaded; never mutated.
+        options: Input shapes and whether to simplify.
+
+    Returns:
+        A new model.
+
+    Raises:
+        BadInputError: the model cannot be pruned or the options do not fit it.
+    """
+    work = copy.deepcopy(model)
+    _refuse_unusable(work)
+    _prepare(work)
+    _fix_input_dims(work.graph, options.input_shapes)
+    if options.simplify:
+        simplified = _simplify(work)
+        if simplified is not None:
+            _prepare(simplified)
+            try:
+                return _finish(simplified)
+            except BadInputError as exc:
+                logger.warning("%s; retrying without onnxsim", exc)
+            except Exception as exc:
+                logger.warning(
+                    "simplified model failed (%s); retrying without onnxsim", _first_line(exc)
+                )
+    try:
+        return _finish(work)
+    except BadInputError:
+        raise
+    except Exception as exc:
+        raise BadInputError(f"shape inference failed: {_first_line(exc)}") from exc
+
+
+# --------------------------------------------------------------------------
+# saving
+
+
+def write_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    input_path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Save ``model`` atomically.
+
+    The model is written to a temporary directory next to ``path`` and moved
+    into place with ``os.replace``, so ``path`` is either the old file or the
+    complete new one. Models whose serialized size exceeds
+    :data:`EXTERNAL_DATA_THRESHOLD` are saved with all tensors in one external
+    data file named ``<basename of path>.data`` beside it (also moved into
+    place atomically, before the model file).
+
+    Args:
+        model: The model; not mutated.
+        path: Destination ``.onnx`` file.
+        input_path: The file the model was read from; writing over it is refused.
+
+    Raises:
+        BadInputError: ``path`` is ``input_path`` (after resolving symlinks) or
+            its directory does not exist.
+    """
+    path = os.fspath(path)
+    target = os.path.realpath(path)
+    if input_path is not None and target == os.path.realpath(os.fspath(input_path)):
+        raise BadInputError(f"refusing to overwrite the input model: {path}")
+    directory = os.path.dirname(target)
+    if not os.path.isdir(directory):
+        raise BadInputError(f"output directory does not exist: {os.path.dirname(path) or '.'}")
+    basename = os.path.basename(target)
+    tmpdir = tempfile.mkdtemp(prefix=f".{basename}.", suffix=".tmp", dir=directory)
+    try:
+        tmp_model = os.path.join(tmpdir, basename)
+        if _is_large(model):
+            location = f"{basename}.data"
+            onnx.save_model(
+                copy.deepcopy(model),  # save_model moves tensor data out of the proto
+                tmp_model,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=location,
+                size_threshold=1024,
+            )
+            if os.path.exists(os.path.join(tmpdir, location)):
+                os.replace(os.path.join(tmpdir, location), os.path.join(directory, location))
+                logger.info("saved tensor data to %s", os.path.join(directory, location))
+        else:
+            onnx.save_model(model, tmp_model)
+        os.replace(tmp_model, target)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

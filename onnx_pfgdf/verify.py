@@ -1,0 +1,149 @@
+"""Verification: the pruned model must compute what the masked original computes.
+
+The oracle is the original model with the removed channels zeroed at every
+channel-contracting consumer (see :func:`onnx_pfgdf.rewrite.mask_original`).
+Both run in onnxruntime on the same seeded random inputs; the check passes when
+``onnx.checker`` (full check) accepts the pruned model and, for every output,
+
+    max |pruned - masked| / max(max |masked|, 1e-12)  <=  tolerance   (1e-4).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from onnx_pfgdf.evaluate import make_session
+from onnx_pfgdf.plan import Plan
+from onnx_pfgdf.rewrite import mask_original
+
+__all__ = ["VerifyResult", "random_inputs", "check_model", "compare_models", "verify"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = 1e-4
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :func:`verify`.
+
+    Attributes:
+        passed: checker accepted the model and every output matched.
+        max_rel_error: worst relative error over outputs and samples.
+        tolerance: the bound it was held to.
+        checker: ``"ok"`` or the checker's first message line.
+        samples: number of random input samples compared.
+    """
+
+    passed: bool
+    max_rel_error: float
+    tolerance: float
+    checker: str
+    samples: int
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready view."""
+        return asdict(self)
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded standard-normal feeds for every graph input (static shapes required)."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds: dict[str, np.ndarray] = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        ttype = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in ttype.shape.dim]
+        dtype = _NP_TYPES.get(ttype.elem_type)
+        if dtype is None:
+            raise ValueError(f"input '{vi.name}' has an element type random_inputs cannot fill")
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            feeds[vi.name] = np.zeros(dims, dtype=dtype)
+    return feeds
+
+
+def check_model(model: onnx.ModelProto) -> str:
+    """``"ok"`` when ``onnx.checker`` (full check) accepts ``model``, else its message."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return "ok"
+
+
+def max_relative_error(reference: list[np.ndarray], actual: list[np.ndarray]) -> float:
+    """Worst ``max|a - r| / max|r|`` over paired outputs."""
+    worst = 0.0
+    for ref, out in zip(reference, actual, strict=True):
+        ref64, out64 = np.asarray(ref, dtype=np.float64), np.asarray(out, dtype=np.float64)
+        if ref64.shape != out64.shape:
+            return float("inf")
+        if ref64.size == 0:
+            continue
+        scale = max(float(np.max(np.abs(ref64))), 1e-12)
+        err = float(np.max(np.abs(out64 - ref64))) / scale
+        worst = max(worst, err if np.isfinite(err) else float("inf"))
+    return worst
+
+
+def compare_models(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, *, samples: int = 3, seed: int = 0
+) -> float:
+    """Run both models in onnxruntime on the same random feeds; return the worst error."""
+    ref_sess, cand_sess = make_session(reference), make_session(candidate)
+    worst = 0.0
+    for k in range(samples):
+        feeds = random_inputs(reference, seed + k)
+        ref_out = ref_sess.run(None, feeds)
+        cand_out = cand_sess.run(None, feeds)
+        worst = max(worst, max_relative_error(ref_out, cand_out))
+    return worst
+
+
+def verify(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    plan: Plan,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    samples: int = 3,
+    seed: int = 0,
+) -> VerifyResult:
+    """Check ``pruned`` against the masked ``original`` under ``plan``.
+
+    Args:
+        original: the normalized model the plan was made on.
+        pruned: the model to check (the plain rewrite, before any recovery).
+        plan: the plan that produced ``pruned``.
+        tolerance: bound on the maximum relative error.
+        samples: random input samples to compare.
+        seed: seed of the random inputs.
+    """
+    checker = check_model(pruned)
+    if checker != "ok":
+        return VerifyResult(False, float("inf"), tolerance, checker, 0)
+    masked = mask_original(original, plan)
+    try:
+        err = compare_models(masked, pruned, samples=samples, seed=seed)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        log.debug("verification run failed", exc_info=True)
+        return VerifyResult(False, float("inf"), tolerance, f"onnxruntime: {str(exc).splitlines()[0]}", 0)
+    log.info("verification: max relative error %.3g (tolerance %.1g)", err, tolerance)
+    return VerifyResult(err <= tolerance, err, tolerance, checker, samples)
