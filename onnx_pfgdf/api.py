@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import onnx
 
 from onnx_pfgdf.channels import ChannelAnalysis, analyze_channels
 from onnx_pfgdf.count import ModelCount, count_model, reduction
 from onnx_pfgdf.criteria import CriterionConfig
-from onnx_pfgdf.errors import BadInputError, VerificationError
+from onnx_pfgdf.errors import BadInputError, BudgetError, VerificationError
 from onnx_pfgdf.graph import GraphIndex
 from onnx_pfgdf.io import LoadOptions, normalize
 from onnx_pfgdf.plan import GroupScore, KeepRule, Plan, plan_from_dict, score_groups, select_plan
-from onnx_pfgdf.recover import RECOVERY, recover
+from onnx_pfgdf.data import Dataset
+from onnx_pfgdf.recover import RECOVERY, RecoverOptions, recover
+from onnx_pfgdf.search import Budget, Evaluator, SearchConfig, SearchResult, batchable, search
 from onnx_pfgdf.report import AnalyzeReport, FrozenGroup, LayerRow, PruneReport
 from onnx_pfgdf.rewrite import apply_plan as _rewrite
 from onnx_pfgdf.verify import DEFAULT_TOLERANCE, VerifyResult
@@ -60,18 +62,27 @@ class PruneConfig:
             :data:`DEFAULT_ALPHA`).
         keep_rule: minimum and rounding of kept channels.
         load: input-shape fixing and simplification options.
-        recover: a key of :data:`onnx_pfgdf.recover.RECOVERY`.
+        recover: a key of :data:`onnx_pfgdf.recover.RECOVERY`; ``None`` picks
+            ``lsq`` when calibration data is given, ``bias`` otherwise.
         tolerance: verification bound on the max relative error.
         verify: run verification (the CLI always does before writing).
+        budget: run the automated search within this budget (needs data).
+        time_limit: seconds the search may take.
+        recover_options: samples, positions and ridge of data-driven recovery.
+        progress: show progress bars (tqdm) on long steps.
     """
 
     criterion: CriterionConfig = field(default_factory=CriterionConfig)
     ratio: float | None = None
     keep_rule: KeepRule = field(default_factory=KeepRule)
     load: LoadOptions = field(default_factory=LoadOptions)
-    recover: str = "none"
+    recover: str | None = "none"
     tolerance: float = DEFAULT_TOLERANCE
     verify: bool = True
+    budget: Budget | None = None
+    time_limit: float | None = None
+    recover_options: RecoverOptions = field(default_factory=RecoverOptions)
+    progress: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view of the settings."""
@@ -83,6 +94,8 @@ class PruneConfig:
             "simplify": self.load.simplify,
             "recover": self.recover,
             "tolerance": self.tolerance,
+            "budget": asdict(self.budget) if self.budget else None,
+            "time_limit": self.time_limit,
         }
 
 
@@ -106,13 +119,14 @@ class PruneResult:
     report: PruneReport
     verification: VerifyResult | None
     normalized: onnx.ModelProto
+    search: SearchResult | None = None
 
 
 def _criterion_for(config: PruneConfig) -> CriterionConfig:
     crit = config.criterion
+    if config.ratio is None and crit.name != "pfgdf":
+        raise BadInputError(f"criterion '{crit.name}' ranks filters only: give --ratio (or a budget)")
     if config.ratio is None and crit.alpha is None:
-        if crit.name != "pfgdf":
-            raise BadInputError(f"criterion '{crit.name}' ranks filters only: give a ratio")
         crit = CriterionConfig(crit.name, crit.statistic, crit.side, DEFAULT_ALPHA, crit.seed)
     return crit
 
@@ -189,9 +203,35 @@ def analyze(
     return Analysis(normalized, channels, count, scores, report)
 
 
+def _recovery_method(config: PruneConfig, calib: Dataset | None) -> str:
+    method = config.recover or ("lsq" if calib is not None else "bias")
+    if method not in RECOVERY:
+        raise BadInputError(f"unknown recovery '{method}'; available: {', '.join(RECOVERY)}")
+    if method == "lsq" and calib is None:
+        raise BadInputError("--recover lsq needs calibration data (--calib)")
+    return method
+
+
+def _stage(name: str, fid: object | None, macs_removed: float | None = None) -> dict[str, object]:
+    row: dict[str, object] = {"stage": name}
+    if fid is not None:
+        row.update(fid.to_dict())
+    if macs_removed is not None:
+        row["macs_removed"] = macs_removed
+    return row
+
+
 def _finish(
-    analysis: Analysis, plan: Plan, config: PruneConfig, settings: Mapping[str, object]
+    analysis: Analysis,
+    plan: Plan,
+    config: PruneConfig,
+    settings: Mapping[str, object],
+    calib: Dataset | None = None,
+    data: Dataset | None = None,
+    search_result: SearchResult | None = None,
 ) -> PruneResult:
+    """Rewrite, verify, recover, measure, report; raise rather than return a bad model."""
+    method = _recovery_method(config, calib)
     rewritten = _rewrite(analysis.model, plan)
     verification = None
     if config.verify:
@@ -201,48 +241,160 @@ def _finish(
                 f"pruned model failed verification: max relative error {verification.max_rel_error:.3g} "
                 f"> {config.tolerance:g} or checker: {verification.checker}"
             )
-    final = recover(config.recover, analysis.model, rewritten, plan)
+    final = recover(method, analysis.model, rewritten, plan, calib, config.recover_options)
     after = count_model(final)
+    stages: list[dict[str, object]] = []
+    held_out = data if data is not None else calib
+    if held_out is not None:
+        evaluator = Evaluator(analysis.model, held_out)
+        base = _stage("original", evaluator(analysis.model))
+        stages.append(base)
+        stages.append(_stage("pruned, no recovery", evaluator(rewritten)))
+        if method != "none":
+            stages.append(_stage(f"recovered ({method})", evaluator(final)))
+        for row in stages:
+            row["data"] = "held-out (--data)" if data is not None else "calibration (--calib)"
     report = PruneReport(
         original=analysis.count,
         pruned=after,
         reduction=reduction(analysis.count, after),
         layers=_layer_rows(analysis.channels, analysis.count, analysis.scores, plan, after),
         frozen=_frozen(analysis.channels),
-        settings=settings,
+        settings=dict(settings) | {"recover": method},
         verification=verification.to_dict() if verification else None,
+        stages=tuple(stages),
+        search=search_result.to_dict() if search_result is not None else None,
     )
-    return PruneResult(final, plan, report, verification, analysis.model)
+    return PruneResult(final, plan, report, verification, analysis.model, search_result)
 
 
-def prune(model: onnx.ModelProto, config: PruneConfig = PruneConfig()) -> PruneResult:
+def _dynamic_batch(model: onnx.ModelProto) -> bool:
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name not in inits and dims and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            return True
+    return False
+
+
+def _restore_batch(original: onnx.ModelProto, result: PruneResult) -> PruneResult:
+    """Give the pruned model back the input's dynamic batch when it runs correctly with it."""
+    if not _dynamic_batch(original):
+        return result
+    dynamic = batchable(result.model)
+    if dynamic is None:
+        log.warning("the pruned model keeps the fixed batch size used for the analysis")
+        return result
+    inferred = onnx.shape_inference.infer_shapes(dynamic, strict_mode=False)
+    return replace(result, model=inferred)
+
+
+def _budget_holds(result: PruneResult, budget: Budget) -> bool:
+    """Re-check the budget on the final report's last stage."""
+    if budget.kind == "target_macs":
+        return result.report.reduction["macs"] >= budget.value - 1e-9
+    if not result.report.stages:
+        return False
+    base, last = result.report.stages[0], result.report.stages[-1]
+    if budget.kind == "max_drop":
+        if base.get("accuracy") is None:
+            raise BadInputError("the --max-drop budget needs labelled data (--data, or --calib with 'labels')")
+        return (float(base["accuracy"]) - float(last["accuracy"])) * 100.0 <= budget.value + 1e-9
+    if budget.kind == "min_agreement":
+        return float(last["agreement"]) >= budget.value - 1e-12
+    return float(last["rel_error"]) <= budget.value
+
+
+def prune(
+    model: onnx.ModelProto,
+    config: PruneConfig = PruneConfig(),
+    calib: Dataset | None = None,
+    data: Dataset | None = None,
+) -> PruneResult:
     """Prune the filters of ``model`` and verify the result.
 
-    With ``config.ratio`` each prunable group loses ``round(ratio * C)``
-    channels, the least important by ``config.criterion``.  Without it the
-    PFGDF interval ``[mu - alpha*sigma, mu + alpha*sigma]`` of each layer's
-    filter statistic decides which filters are insignificant.
+    Three modes:
+
+    * ``config.ratio``: each prunable group loses ``round(ratio * C)``
+      channels, the least important by ``config.criterion``;
+    * ``config.budget``: the automated search (:mod:`onnx_pfgdf.search`) picks
+      a PFGDF level per group on ``calib`` and the budget is re-checked on
+      ``data`` (held out) when given;
+    * neither: the PFGDF interval ``[mu - alpha*sigma, mu + alpha*sigma]`` of
+      each layer's filter statistic decides which filters are insignificant.
+
+    Args:
+        model: the model (never mutated).
+        config: settings.
+        calib: calibration data (recovery, search).
+        data: held-out labelled data for the report and the budget re-check.
 
     Raises:
-        BadInputError: unusable model or settings.
+        BadInputError: unusable model, data or settings.
         VerificationError: the rewrite does not match the masked original.
+        BudgetError: no pruned model meets the budget.
     """
-    if config.recover not in RECOVERY:
-        raise BadInputError(f"unknown recovery '{config.recover}'; available: {', '.join(RECOVERY)}")
+    _recovery_method(config, calib)
     if config.ratio is not None and not 0.0 <= config.ratio < 1.0:
         raise BadInputError(f"ratio must be in [0, 1), got {config.ratio}")
+    if config.budget is not None:
+        return _prune_budgeted(model, config, calib, data)
     criterion = _criterion_for(config)
     try:
         analysis = analyze(model, config.load, criterion)
     except ValueError as exc:
         raise BadInputError(str(exc).splitlines()[0]) from None
-    plan = select_plan(analysis.channels, analysis.scores, ratio=config.ratio, keep_rule=config.keep_rule)
+    try:
+        plan = select_plan(analysis.channels, analysis.scores, ratio=config.ratio, keep_rule=config.keep_rule)
+    except ValueError as exc:
+        raise BadInputError(str(exc).splitlines()[0]) from None
     settings = config.to_dict() | {"criterion": asdict(criterion)}
-    return _finish(analysis, plan, config, settings)
+    return _restore_batch(model, _finish(analysis, plan, config, settings, calib, data))
+
+
+def _prune_budgeted(
+    model: onnx.ModelProto, config: PruneConfig, calib: Dataset | None, data: Dataset | None
+) -> PruneResult:
+    budget = config.budget
+    assert budget is not None
+    search_data = calib
+    if budget.needs_labels() and (calib is None or calib.labels is None):
+        search_data = data
+    if search_data is None:
+        raise BadInputError(f"the {budget.kind} budget needs data: give --calib (and --data for held-out figures)")
+    if budget.needs_labels() and search_data.labels is None:
+        raise BadInputError("the --max-drop budget needs labelled data (--data, or --calib with 'labels')")
+    analysis = analyze(model, config.load, config.criterion)
+    method = _recovery_method(config, calib)
+    scfg = SearchConfig(
+        budget=budget,
+        criterion=config.criterion,
+        recover=method,
+        keep_rule=config.keep_rule,
+        recover_options=config.recover_options,
+        time_limit=config.time_limit,
+        progress=config.progress,
+    )
+    result = search(analysis.model, analysis.channels, search_data, scfg)
+    if result.plan is None:
+        raise BudgetError(f"no pruned model meets the budget {budget.kind}={budget.value:g}; nothing written")
+    settings = config.to_dict() | {"recover": method}
+    for plan in (result.plan, *result.fallbacks):
+        final = _finish(analysis, plan, config, settings, calib, data, result)
+        if _budget_holds(final, budget):
+            return _restore_batch(model, final)
+        log.info("plan breaks the budget on held-out data; backing off")
+    raise BudgetError(
+        f"no searched model meets the budget {budget.kind}={budget.value:g} on the held-out data; nothing written"
+    )
 
 
 def apply_plan(
-    model: onnx.ModelProto, plan: Mapping[str, object] | Plan, config: PruneConfig = PruneConfig()
+    model: onnx.ModelProto,
+    plan: Mapping[str, object] | Plan,
+    config: PruneConfig = PruneConfig(),
+    calib: Dataset | None = None,
+    data: Dataset | None = None,
 ) -> PruneResult:
     """Replay a saved plan (its JSON document or a :class:`Plan`) on ``model``.
 
@@ -253,7 +405,7 @@ def apply_plan(
     analysis = analyze(model, config.load, config.criterion)
     document = plan.to_dict() if isinstance(plan, Plan) else plan
     mapped = plan_from_dict(document, analysis.channels)
-    return _finish(analysis, mapped, config, config.to_dict() | {"plan": "replayed"})
+    return _restore_batch(model, _finish(analysis, mapped, config, config.to_dict() | {"plan": "replayed"}, calib, data))
 
 
 def verify(

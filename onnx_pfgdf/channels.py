@@ -23,7 +23,12 @@ Example, ``x -> Conv(3->4) -> BN -> Relu -> Conv(4->8) -> y``::
              Conv_1.W axis 1 (contracting: the masked original zeroes it)
 
 Per-op facts live in one table, ``RULES``: an op_type without an entry freezes
-every group that reaches it, with a reason.  So does a graph output.
+every group that reaches it, with a reason.  So does a graph output, and so do
+ops known to mix channels (LRN, Softmax), whose entries are ``_Refusal``s that
+say why.  Split and Slice on the channel axis may only cut between segments (a
+part of a cut group could otherwise lose every channel); their sizes/bounds
+are rewritten from the kept channels.  Grouped convolutions (1 < group < C)
+freeze both sides.
 """
 
 from __future__ import annotations
@@ -125,14 +130,20 @@ class SliceEdit:
 class AttrEdit:
     """Rewrite an attribute or a shape constant of ``node`` after pruning.
 
-    ``kind`` is ``"group"`` (depthwise Conv: ``group`` becomes the kept
-    channels of ``layout``) or ``"reshape"`` (Reshape: ``shape[1]`` becomes the
-    kept positions of ``layout``, the layout of the Reshape's output).
+    Each kind sets one integer to the number of kept positions of ``layout``:
+
+    * ``"group"``: a depthwise Conv's ``group`` (layout: its input);
+    * ``"reshape"``: a Reshape's ``shape[1]`` (layout: its output);
+    * ``"sizes"``: a Resize's ``sizes[1]`` (layout: its output);
+    * ``"split"``: entry ``index`` of a Split's sizes (layout: output ``index``);
+    * ``"starts"`` / ``"ends"``: entry ``index`` of a Slice's starts / ends
+      (layout: the channels in front of the bound).
     """
 
     node: str
     kind: str
     layout: Layout
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -455,7 +466,13 @@ def _conv(st: _State, node: onnx.NodeProto) -> None:
         st.attr_edits.append(AttrEdit(node.name, "group", layout))
         st.layouts[node.output[0]] = layout
         return
-    reason = f"{_where(node)} is a grouped convolution (group={group})"
+    if cin_g == 1 and m == group and layout is None:
+        reason = f"{_where(node)} is depthwise over channels an earlier op froze"
+    else:
+        reason = (
+            f"{_where(node)} is a grouped convolution (group={group}); not supported: each of its "
+            f"{group} channel blocks would need the same number of channels removed"
+        )
     st.freeze([layout] if layout else [], reason)
     st.fresh(node.output[0], m, frozen=reason)
 
@@ -560,19 +577,159 @@ def _reshape(st: _State, node: onnx.NodeProto) -> None:
 
 
 def _resize(st: _State, node: onnx.NodeProto) -> None:
-    """Resize/Upsample with scales of 1 on batch and channel axes."""
+    """Resize/Upsample with constant spatial scales, or constant ``sizes`` (C entry edited)."""
     layout = st.layout(node.input[0])
     if layout is None:
+        return
+    if node_attr(node, "axes") is not None:
+        st.freeze([layout], f"{_where(node)} resizes selected axes (attribute 'axes')")
+        return
+    if node.op_type == "Resize" and len(node.input) > 3 and node.input[3]:
+        sizes = st.index.constant(node.input[3])
+        in_shape = st.index.shape(node.input[0])
+        if sizes is None or in_shape is None or len(sizes) != len(in_shape) or tuple(sizes[:2]) != in_shape[:2]:
+            st.freeze([layout], f"{_where(node)} has sizes that are not constant or change batch or channels")
+            return
+        st.attr_edits.append(AttrEdit(node.name, "sizes", layout))
+        st.layouts[node.output[0]] = layout
         return
     scales = node_attr(node, "scales")
     slot = 2 if node.op_type == "Resize" and len(node.input) > 2 else 1
     if scales is None and slot < len(node.input) and node.input[slot]:
         scales = st.index.constant(node.input[slot])
-    sizes_given = node.op_type == "Resize" and len(node.input) > 3 and bool(node.input[3])
-    if sizes_given or scales is None or len(scales) < 2 or float(scales[0]) != 1.0 or float(scales[1]) != 1.0:
+    if scales is None or len(scales) < 2 or float(scales[0]) != 1.0 or float(scales[1]) != 1.0:
         st.freeze([layout], f"{_where(node)} does not resize with constant spatial scales")
         return
     st.layouts[node.output[0]] = layout
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Rule of an op known to mix channels: freeze every group reaching it, saying ``why``."""
+
+    why: str
+
+    def __call__(self, st: _State, node: onnx.NodeProto) -> None:
+        st.freeze(st.input_layouts(node), f"{_where(node)}: {self.why}")
+
+
+def _transpose(st: _State, node: onnx.NodeProto) -> None:
+    """Transpose passes channels through only when it keeps axes 0 and 1 in place."""
+    layout = st.layout(node.input[0])
+    if layout is None:
+        return
+    perm = node_attr(node, "perm")
+    if perm is None:
+        st.freeze([layout], f"{_where(node)} reverses the axes, moving the channel axis")
+        return
+    if list(perm[:2]) != [0, 1]:
+        st.freeze([layout], f"{_where(node)} moves the channel axis (perm={list(perm)})")
+        return
+    st.layouts[node.output[0]] = layout
+
+
+def _constant_ints(st: _State, node: onnx.NodeProto, attr: str, slot: int) -> tuple[bool, list[int] | None]:
+    """``(given, values)`` of an int list given as attribute ``attr`` or input ``slot``."""
+    value = node_attr(node, attr)
+    if value is not None:
+        return True, [int(v) for v in value]
+    if slot < len(node.input) and node.input[slot]:
+        const = st.index.constant(node.input[slot])
+        return True, None if const is None else [int(v) for v in np.ravel(const)]
+    return False, None
+
+
+def _reduce(st: _State, node: onnx.NodeProto) -> None:
+    """Reduce* over spatial axes (SE blocks' squeeze); channels stay on axis 1."""
+    layout = st.layout(node.input[0])
+    if layout is None:
+        return
+    rank = st.index.rank(node.input[0])
+    given, axes = _constant_ints(st, node, "axes", 1)
+    if not given and int(node_attr(node, "noop_with_empty_axes", 0)):
+        st.layouts[node.output[0]] = layout
+        return
+    if not given or axes is None or rank is None or not _spatial_only(axes, rank):
+        st.freeze([layout], f"{_where(node)} reduces over the batch or channel axis (or its axes are not constant)")
+        return
+    st.layouts[node.output[0]] = layout
+
+
+def _cut_points(layout: Layout) -> list[int]:
+    points = [0]
+    for seg in layout:
+        points.append(points[-1] + seg.length * seg.block)
+    return points
+
+
+def _sub_layout(layout: Layout, begin: int, end: int) -> Layout:
+    """The segments of ``layout`` between two of its cut points."""
+    points = _cut_points(layout)
+    return tuple(seg for seg, lo in zip(layout, points, strict=False) if begin <= lo < end)
+
+
+def _split(st: _State, node: onnx.NodeProto) -> None:
+    """Split on the channel axis at segment boundaries; each output gets its segments."""
+    layout = st.layout(node.input[0])
+    if layout is None:
+        return
+    rank = st.index.rank(node.input[0])
+    axis = int(node_attr(node, "axis", 0))
+    if rank is None or axis % rank != 1:
+        if rank is not None and axis % rank != 0:
+            for out in node.output:
+                if out:
+                    st.layouts[out] = layout
+        else:
+            st.freeze([layout], f"{_where(node)} splits the batch axis or has an unknown rank")
+        return
+    given, sizes = _constant_ints(st, node, "split", 1)
+    if sizes is None or len(sizes) != len(node.output):
+        reason = "has non-constant split sizes" if given else "splits channels evenly without explicit sizes"
+        st.freeze([layout], f"{_where(node)} {reason}")
+        return
+    points = _cut_points(layout)
+    bounds = np.cumsum([0, *sizes]).tolist()
+    if any(b not in points for b in bounds):
+        st.freeze([layout], f"{_where(node)} cuts a group's channels mid-way (a part could lose all channels)")
+        return
+    for i, out in enumerate(node.output):
+        part = _sub_layout(layout, bounds[i], bounds[i + 1])
+        st.attr_edits.append(AttrEdit(node.name, "split", part, i))
+        if out:
+            st.layouts[out] = part
+
+
+def _slice(st: _State, node: onnx.NodeProto) -> None:
+    """Slice with constant bounds; on the channel axis only whole segments, step 1."""
+    layout = st.layout(node.input[0])
+    if layout is None:
+        return
+    in_shape = st.index.shape(node.input[0])
+    consts = [st.index.constant(t) if t else None for t in node.input[1:5]]
+    if len(node.input) < 3 or in_shape is None or any(
+        c is None for c, t in zip(consts, node.input[1:5], strict=False) if t
+    ):
+        st.freeze([layout], f"{_where(node)} has bounds that are not constant inputs")
+        return
+    starts, ends = (np.ravel(consts[0]).tolist(), np.ravel(consts[1]).tolist())
+    rank = len(in_shape)
+    axes = np.ravel(consts[2]).tolist() if len(consts) > 2 and consts[2] is not None else list(range(len(starts)))
+    steps = np.ravel(consts[3]).tolist() if len(consts) > 3 and consts[3] is not None else [1] * len(starts)
+    axes = [int(a) % rank for a in axes]
+    if 1 not in axes:
+        st.layouts[node.output[0]] = layout
+        return
+    i = axes.index(1)
+    size = in_shape[1]
+    begin, end = (min(max(int(v) + size if int(v) < 0 else int(v), 0), size) for v in (starts[i], ends[i]))
+    points = _cut_points(layout)
+    if steps[i] != 1 or begin not in points or end not in points or begin >= end:
+        st.freeze([layout], f"{_where(node)} slices a group's channels mid-way or with a step")
+        return
+    st.attr_edits.append(AttrEdit(node.name, "starts", _sub_layout(layout, 0, begin), i))
+    st.attr_edits.append(AttrEdit(node.name, "ends", _sub_layout(layout, 0, end), i))
+    st.layouts[node.output[0]] = _sub_layout(layout, begin, end)
 
 
 def _build_rules() -> dict[str, Rule]:
@@ -605,11 +762,26 @@ def _build_rules() -> dict[str, Rule]:
     add(["Flatten"], _flatten)
     add(["Reshape"], _reshape)
     add(["Resize", "Upsample"], _resize)
+    add(["Transpose"], _transpose)
+    add(
+        [
+            "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+            "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+        ],
+        _reduce,
+    )
+    add(["Split"], _split)
+    add(["Slice"], _slice)
+    add(["LRN"], _Refusal("LRN mixes neighbouring channels"))
+    add(["Softmax", "LogSoftmax", "Hardmax"], _Refusal("normalises across channels"))
     return table
 
 
 RULES: Mapping[str, Rule] = _build_rules()
-SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(RULES))
+"""op_type -> rule.  ``_Refusal`` rules only freeze, with a reason specific to the op."""
+
+SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(op for op, rule in RULES.items() if not isinstance(rule, _Refusal)))
+"""Ops through which channels can be pruned."""
 
 
 def analyze_channels(model: onnx.ModelProto, index: GraphIndex | None = None) -> ChannelAnalysis:
@@ -666,5 +838,5 @@ def _finish(st: _State) -> ChannelAnalysis:
         return tuple(Segment(st.find(s.group), s.start, s.length, s.block) for s in layout)
 
     edits = tuple(SliceEdit(e.node, e.slot, e.axis, rooted(e.layout), e.contracting) for e in st.edits)
-    attr_edits = tuple(AttrEdit(e.node, e.kind, rooted(e.layout)) for e in st.attr_edits)
+    attr_edits = tuple(AttrEdit(e.node, e.kind, rooted(e.layout), e.index) for e in st.attr_edits)
     return ChannelAnalysis(groups=groups, layouts=root_layouts, edits=edits, attr_edits=attr_edits)

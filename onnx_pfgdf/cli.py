@@ -14,13 +14,17 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import onnx
+
 from onnx_pfgdf import api
+from onnx_pfgdf.data import Dataset, load_npz
 from onnx_pfgdf.criteria import CRITERIA, SIDES, STATISTICS, CriterionConfig
 from onnx_pfgdf.errors import BadInputError, PfgdfError
 from onnx_pfgdf.io import LoadOptions, parse_input_shape, read_model, write_model
 from onnx_pfgdf.plan import KeepRule, load_plan
 from onnx_pfgdf.recover import RECOVERY
 from onnx_pfgdf.report import render_table
+from onnx_pfgdf.search import BUDGET_KINDS, Budget
 
 __all__ = ["main", "convert_and_prune", "build_parser"]
 
@@ -86,7 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-keep-fraction", type=float, default=0.0,
                    help="fraction of each group's channels kept at least (default: 0)")
     p.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of N (default: 1)")
-    p.add_argument("--recover", choices=sorted(RECOVERY), default="none", help="training-free recovery (default: none)")
+    p.add_argument("--recover", choices=sorted(RECOVERY), default=None,
+                   help="training-free recovery (default: lsq with --calib, bias otherwise)")
+    p.add_argument("--calib", metavar="NPZ", help="calibration data: .npz with arrays named after the inputs (optional 'labels')")
+    p.add_argument("--data", metavar="NPZ", help="held-out labelled .npz: accuracy before/after, budget re-check")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-drop", type=float, metavar="POINTS", help="automated search: top-1 accuracy may fall by at most POINTS")
+    budget.add_argument("--min-agreement", type=float, metavar="F", help="automated search: top-1 agreement with the original >= F")
+    budget.add_argument("--max-error", type=float, metavar="E", help="automated search: relative L2 error of every output <= E")
+    budget.add_argument("--target-macs", type=float, metavar="F", help="automated search: remove this fraction of MACs")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop the search after SECONDS")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="verification bound on the max relative error (default: 1e-4)")
     p.add_argument("--plan-out", metavar="PATH", help="write the plan (JSON) for replay")
@@ -106,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help=".npz with arrays named after the model inputs and 'labels'")
     p.add_argument("--batch-size", type=int, default=256)
     return parser
+
+
+def _budget(args: argparse.Namespace) -> Budget | None:
+    for kind in BUDGET_KINDS:
+        value = getattr(args, kind)
+        if value is not None:
+            try:
+                return Budget(kind, value)
+            except ValueError as exc:
+                raise BadInputError(str(exc)) from None
+    return None
+
+
+def _input_names(model: onnx.ModelProto) -> list[str]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def _dataset(path: str, model: onnx.ModelProto) -> Dataset:
+    return load_npz(path, _input_names(model))
 
 
 def _load_options(args: argparse.Namespace) -> LoadOptions:
@@ -171,7 +204,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise BadInputError(f"refusing to overwrite the input model: {args.output}")
     if args.round_to < 1 or args.min_keep < 1:
         raise BadInputError("--round-to and --min-keep must be at least 1")
+    if not args.tolerance > 0:
+        raise BadInputError("--tolerance must be positive")
     model = read_model(args.model)
+    budget = _budget(args)
+    if budget is not None and (args.ratio is not None or args.alpha is not None or args.apply_plan):
+        raise BadInputError("a budget (--max-drop/--min-agreement/--max-error/--target-macs) excludes --ratio/--alpha/--apply-plan")
+    calib = _dataset(args.calib, model) if args.calib else None
+    data = _dataset(args.data, model) if args.data else None
     config = api.PruneConfig(
         criterion=_criterion(args, args.alpha),
         ratio=args.ratio,
@@ -179,13 +219,23 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         load=_load_options(args),
         recover=args.recover,
         tolerance=args.tolerance,
+        budget=budget,
+        time_limit=args.time_limit,
+        progress=not args.quiet,
     )
     if args.apply_plan:
-        result = api.apply_plan(model, load_plan(args.apply_plan), config)
+        result = api.apply_plan(model, load_plan(args.apply_plan), config, calib, data)
     else:
-        result = api.prune(model, config)
+        result = api.prune(model, config, calib, data)
     report = result.report
     _say(args, render_table(report.summary_rows()))
+    if report.stages:
+        rows = [["stage", "accuracy", "agreement", "rel. L2 error"]]
+        for st in report.stages:
+            acc = st.get("accuracy")
+            rows.append([str(st["stage"]), "-" if acc is None else f"{100 * float(acc):.2f}%",
+                         f"{100 * float(st['agreement']):.2f}%", f"{float(st['rel_error']):.4f}"])
+        _say(args, f"\non {report.stages[0].get('data')}:\n" + render_table(rows))
     v = result.verification
     if v is not None:
         _say(args, f"verification: passed (max relative error {v.max_rel_error:.2e} <= {v.tolerance:g}, checker ok)")
@@ -195,6 +245,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             if row.kept is not None and row.kept < row.filters:
                 _say(args, f"  {row.output} ({row.node}): {row.filters - row.kept} of {row.filters}")
         return 0
+    for side in (args.plan_out, args.report, args.report_md):
+        if side and not Path(side).resolve().parent.is_dir():
+            raise BadInputError(f"output directory does not exist: {Path(side).parent}")
     write_model(result.model, args.output, input_path=args.model)
     if args.plan_out:
         _write_text(args.plan_out, json.dumps(result.plan.to_dict(), indent=1) + "\n")
@@ -217,13 +270,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from onnx_pfgdf.data import load_npz
     from onnx_pfgdf.evaluate import top1_accuracy
 
     model = read_model(args.model)
-    inits = {t.name for t in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
-    dataset = load_npz(args.data, names)
+    dataset = _dataset(args.data, model)
     if dataset.labels is None:
         raise BadInputError(f"{args.data} has no 'labels' array")
     acc = top1_accuracy(model, dataset, batch_size=args.batch_size, progress=not args.quiet)

@@ -7,7 +7,7 @@ means the tool produced something it refuses to write.
 
 from __future__ import annotations
 
-__all__ = ["PfgdfError", "BadInputError", "VerificationError"]
+__all__ = ["PfgdfError", "BadInputError", "VerificationError", "BudgetError"]
 
 
 class PfgdfError(Exception):
@@ -24,5 +24,11 @@ class BadInputError(PfgdfError):
 
 class VerificationError(PfgdfError):
     """A produced model failed its own verification (exit code 1)."""
+
+    exit_code = 1
+
+
+class BudgetError(PfgdfError):
+    """No pruned model meets the user's accuracy/fidelity budget (exit code 1)."""
 
     exit_code = 1

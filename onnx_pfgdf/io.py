@@ -4,8 +4,10 @@ Every later stage of onnx-pfgdf works on a *normalised* model, which
 :func:`normalize` builds from whatever an exporter wrote:
 
 * weights are initializers (``Constant`` nodes with a ``value`` tensor are
-  turned into initializers of the same name) and initializers are not also
-  listed as graph inputs;
+  turned into initializers of the same name, and nodes computing only from
+  initializers — ``Unsqueeze`` of a BN scale, ``Reshape`` of a weight — are
+  folded into initializers) and initializers are not also listed as graph
+  inputs;
 * every graph input has a fixed shape (batch 1 unless the user said otherwise);
 * the model has been through onnx-simplifier (when asked) and onnx shape
   inference, so every tensor the pruner looks at has a known shape;
@@ -316,6 +318,89 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> int:
     return converted
 
 
+#: Ops never folded: non-deterministic or with subgraphs.
+_NO_FOLD = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+     "Bernoulli", "If", "Loop", "Scan", "SequenceMap"}
+)
+
+#: Folding may grow constants (Expand, Tile, ConstantOfShape) by at most this many bytes.
+_FOLD_GROWTH_BYTES = 1 << 20
+
+
+def _fold_constants(model: onnx.ModelProto) -> int:
+    """Step 3b: replace every node whose inputs are all initializers by its output values.
+
+    Exporters often compute per-channel constants in the graph (``Unsqueeze``
+    of a ``[C]`` BN scale, ``Reshape`` of a Gemm weight); the channel rules
+    only see initializers.  Each node is evaluated once with
+    :class:`onnx.reference.ReferenceEvaluator`, in graph order, so chains fold.
+    Nodes are kept when they feed a graph output, have subgraphs or random
+    outputs, or would grow the constants by more than 1 MiB beyond twice
+    their inputs; an evaluation error only keeps the node.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    opset = opset_version(model)
+    values = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    kept: list[onnx.NodeProto] = []
+    folded: list[onnx.TensorProto] = []
+    for node in graph.node:
+        foldable = (
+            node.domain in _DEFAULT_DOMAINS
+            and node.op_type not in _NO_FOLD
+            and len(node.input) > 0
+            and all(name and name in values for name in node.input)
+            and not any(out in outputs for out in node.output)
+            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        )
+        results = None
+        if foldable:
+            feeds = {name: numpy_helper.to_array(values[name]) for name in node.input}
+            # A bare NodeProto would run the newest op version; wrap it in the model's opset.
+            tiny = onnx.helper.make_model(
+                onnx.helper.make_graph(
+                    [node],
+                    "fold",
+                    [onnx.helper.make_tensor_value_info(n, values[n].data_type, values[n].dims) for n in feeds],
+                    [onnx.helper.make_empty_tensor_value_info(o) for o in node.output if o],
+                ),
+                opset_imports=[onnx.helper.make_opsetid("", opset)],
+            )
+            try:
+                results = ReferenceEvaluator(tiny).run(None, feeds)
+            except Exception as exc:  # an op the reference runtime lacks, bad attributes, ...
+                logger.debug("not folding %s node '%s': %s", node.op_type, node.name, _first_line(exc))
+            limit = 2 * sum(a.nbytes for a in feeds.values()) + _FOLD_GROWTH_BYTES
+            if results is not None and (
+                len(results) != len([o for o in node.output if o])
+                or not all(isinstance(r, np.ndarray) for r in results)
+                or sum(r.nbytes for r in results) > limit
+            ):
+                results = None
+        if results is None:
+            kept.append(node)
+            continue
+        for name, array in zip([o for o in node.output if o], results, strict=True):
+            if name:
+                tensor = numpy_helper.from_array(np.asarray(array), name)
+                values[name] = tensor
+                folded.append(tensor)
+    if len(kept) == len(graph.node):
+        return 0
+    count = len(graph.node) - len(kept)
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(folded)
+    used = {t for n in graph.node for t in n.input} | outputs
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    return count
+
+
 def _dim_text(dim: onnx.TensorShapeProto.Dimension) -> str:
     return repr(dim.dim_param) if dim.dim_param else "unknown"
 
@@ -433,7 +518,7 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
 
 
 def _prepare(model: onnx.ModelProto) -> None:
-    """Steps 2 and 3 (idempotent; run again after onnxsim, which emits Constants)."""
+    """Steps 2, 3 and 3b (idempotent; run again after onnxsim, which emits Constants)."""
     removed = _drop_initializer_inputs(model.graph)
     if removed:
         logger.info("removed %d initializers listed as graph inputs", removed)
@@ -443,6 +528,9 @@ def _prepare(model: onnx.ModelProto) -> None:
     converted = _constants_to_initializers(model.graph)
     if converted:
         logger.info("turned %d Constant nodes into initializers", converted)
+    folded = _fold_constants(model)
+    if folded:
+        logger.info("folded %d nodes with constant inputs into initializers", folded)
 
 
 def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -457,7 +545,8 @@ def normalize(model: onnx.ModelProto, options: LoadOptions = LoadOptions()) -> o
     """Return a normalised copy of ``model`` ready for pruning.
 
     Steps, in order: refuse unusable models; drop initializers from the graph
-    inputs; turn ``Constant`` nodes into initializers; fix input dims (batch
+    inputs; turn ``Constant`` nodes into initializers; fold nodes whose inputs
+    are all initializers (see :func:`_fold_constants`); fix input dims (batch
     -> 1, others from ``options.input_shapes``); onnx-simplifier (optional,
     with BN fusion and initializer de-duplication turned off; a failure only
     logs a warning); onnx shape inference with data propagation; name nameless
@@ -485,9 +574,9 @@ def normalize(model: onnx.ModelProto, options: LoadOptions = LoadOptions()) -> o
             try:
                 return _finish(simplified)
             except BadInputError as exc:
-                logger.warning("%s; retrying without onnxsim", exc)
+                logger.info("%s; retrying without onnxsim", exc)
             except Exception as exc:
-                logger.warning(
+                logger.info(
                     "simplified model failed (%s); retrying without onnxsim", _first_line(exc)
                 )
     try:

@@ -193,7 +193,8 @@ def plan_from_dict(data: Mapping[str, object], analysis: ChannelAnalysis) -> Pla
             raise BadInputError(f"plan layer '{tensor}' is not a prunable layer output of this model")
         if not isinstance(entry, Mapping) or "keep" not in entry:
             raise BadInputError(f"plan layer '{tensor}' has no 'keep' list")
-        if int(entry.get("filters", group.channels)) != group.channels:
+        filters = entry.get("filters", group.channels)
+        if not isinstance(filters, int) or isinstance(filters, bool) or filters != group.channels:
             raise BadInputError(
                 f"plan layer '{tensor}' has {entry.get('filters')} filters, the model has {group.channels}"
             )

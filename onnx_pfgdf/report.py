@@ -83,6 +83,7 @@ class PruneReport:
     settings: Mapping[str, object]
     verification: Mapping[str, object] | None = None
     stages: Sequence[Mapping[str, object]] = field(default_factory=tuple)
+    search: Mapping[str, object] | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view (the ``--report`` file)."""
@@ -94,6 +95,7 @@ class PruneReport:
             "reduction": dict(self.reduction),
             "verification": dict(self.verification) if self.verification is not None else None,
             "stages": [dict(s) for s in self.stages],
+            "search": dict(self.search) if self.search is not None else None,
             "layers": [r.to_dict() for r in self.layers],
             "frozen_groups": [f.to_dict() for f in self.frozen],
         }

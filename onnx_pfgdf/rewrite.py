@@ -5,7 +5,9 @@ Every change is an edit recorded by the channel analysis:
 * ``SliceEdit(node, slot, axis, layout)`` — the initializer read at
   ``node.input[slot]`` keeps the positions of ``layout`` along ``axis``;
 * ``AttrEdit("group")`` — a depthwise Conv's ``group`` becomes its kept channels;
-* ``AttrEdit("reshape")`` — a Reshape's ``shape[1]`` becomes the kept features.
+* ``AttrEdit("reshape")`` — a Reshape's ``shape[1]`` becomes the kept features;
+  ``"sizes"``, ``"split"``, ``"starts"``, ``"ends"`` likewise set one entry of
+  a Resize's sizes, a Split's sizes (input or attribute) or a Slice's bounds.
 
 An initializer shared by several uses is rewritten in place only when every use
 wants the same result; otherwise the use gets its own renamed copy.  Tensor
@@ -89,13 +91,23 @@ def _zero(axis: int, removed: np.ndarray) -> Transform:
     return func
 
 
-def _reshape_to(dim1: int) -> Transform:
-    def func(shape: np.ndarray) -> np.ndarray:
-        out = np.array(shape, copy=True)
-        out[1] = dim1
+def _set_entry(index: int, value: int) -> Transform:
+    def func(array: np.ndarray) -> np.ndarray:
+        out = np.array(array, copy=True)
+        out[index] = value
         return out
 
     return func
+
+
+#: AttrEdit kinds that set one entry of a constant input: kind -> (input slot, entry or None for edit.index).
+_ENTRY_EDITS: dict[str, tuple[int, int | None]] = {
+    "reshape": (1, 1),
+    "sizes": (3, 1),
+    "split": (1, None),
+    "starts": (1, None),
+    "ends": (2, None),
+}
 
 
 def apply_plan(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
@@ -123,11 +135,16 @@ def apply_plan(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
         if not any(seg.group in plan.keep for seg in edit.layout):
             continue
         kept = int(layout_positions(edit.layout, plan.keep).size)
+        node = nodes[edit.node]
         if edit.kind == "group":
-            attr = next(a for a in nodes[edit.node].attribute if a.name == "group")
+            attr = next(a for a in node.attribute if a.name == "group")
             attr.i = kept
-        elif edit.kind == "reshape":
-            transforms[(edit.node, 1)].append(_reshape_to(kept))
+        elif edit.kind == "split" and any(a.name == "split" for a in node.attribute):
+            attr = next(a for a in node.attribute if a.name == "split")
+            attr.ints[edit.index] = kept
+        elif edit.kind in _ENTRY_EDITS:
+            slot, entry = _ENTRY_EDITS[edit.kind]
+            transforms[(edit.node, slot)].append(_set_entry(edit.index if entry is None else entry, kept))
         else:
             raise ValueError(f"unknown attribute edit {edit.kind!r}")
     _set_initializers(out, transforms)

@@ -1,0 +1,99 @@
+"""The zoo topologies shipped with onnx, pruned end to end at ratio 0.5 (L1, no recovery).
+
+Each model (see ``tests/zoo.py``) gets seeded weights, is pruned with
+``simplify=False`` (the zoo needs no onnxsim and VGG-19 is 548 MB) and must
+
+* pass the library's own verification (checker + masked-original equivalence);
+* agree with ``mask_original(normalized, plan)`` when both run in onnxruntime
+  here, independently of ``onnx_pfgdf.verify``;
+* give every frozen group a reason, and for the models below lose >= 30 % MACs.
+
+``EXPECT`` records what a reader of each graph expects to be frozen: the
+classifier reaching the graph output (Softmax or the output itself), LRN
+(AlexNet, ZFNet, Inception-v1), grouped convolutions and the channel shuffle
+(ShuffleNet, AlexNet).  Models that take more than ~15 s are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import onnx_pfgdf
+from onnx_pfgdf.api import PruneConfig
+from onnx_pfgdf.criteria import CriterionConfig
+from onnx_pfgdf.io import LoadOptions
+from onnx_pfgdf.rewrite import mask_original
+from zoo import ZOO_MODELS, load_zoo
+
+MIN_MACS_REDUCTION = 0.30
+
+#: name -> (minimum MACs reduction or None, words that must appear among the frozen reasons)
+EXPECT: dict[str, tuple[float | None, tuple[str, ...]]] = {
+    "bvlc_alexnet": (None, ("LRN mixes neighbouring channels", "grouped convolution (group=2)")),
+    "densenet121": (MIN_MACS_REDUCTION, ()),
+    "inception_v1": (MIN_MACS_REDUCTION, ("LRN mixes neighbouring channels",)),
+    "inception_v2": (MIN_MACS_REDUCTION, ()),
+    "resnet50": (MIN_MACS_REDUCTION, ()),
+    "shufflenet": (None, ("grouped convolution (group=4)", "reshapes across the channel axis")),
+    "squeezenet": (MIN_MACS_REDUCTION, ()),
+    "vgg19": (MIN_MACS_REDUCTION, ()),
+    "zfnet512": (None, ("LRN mixes neighbouring channels",)),
+}
+
+SLOW = {"vgg19", "zfnet512", "bvlc_alexnet"}
+
+
+def _run(model, feeds):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _feeds(model, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    return {
+        vi.name: rng.standard_normal([d.dim_value for d in vi.type.tensor_type.shape.dim]).astype(np.float32)
+        for vi in model.graph.input
+        if vi.name not in inits
+    }
+
+
+def test_zoo_table_covers_every_model() -> None:
+    assert set(EXPECT) == set(ZOO_MODELS)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in ZOO_MODELS]
+)
+def test_zoo_model_prunes_and_verifies(name: str) -> None:
+    min_macs, frozen_words = EXPECT[name]
+    model = load_zoo(name)
+    config = PruneConfig(criterion=CriterionConfig("l1"), ratio=0.5, load=LoadOptions(simplify=False))
+    result = onnx_pfgdf.prune(model, config)
+
+    assert result.verification is not None and result.verification.passed, result.verification
+    assert result.verification.checker == "ok"
+
+    # Independent oracle: masked original vs pruned, run here in onnxruntime.
+    masked = mask_original(result.normalized, result.plan)
+    feeds = _feeds(result.normalized)
+    expected, actual = _run(masked, feeds), _run(result.model, feeds)
+    assert len(expected) == len(actual)
+    for ref, out in zip(expected, actual, strict=True):
+        assert ref.shape == out.shape
+        scale = max(1.0, float(np.max(np.abs(ref))))
+        assert float(np.max(np.abs(ref - out))) <= 1e-4 * scale
+
+    frozen = result.plan.analysis.frozen_groups()
+    assert all(g.frozen and all(reason.strip() for reason in g.frozen) for g in frozen)
+    assert all(f.reasons and all(r.strip() for r in f.reasons) for f in result.report.frozen)
+    reasons = " | ".join(r for g in frozen for r in g.frozen)
+    for word in frozen_words:
+        assert word in reasons, reasons
+    if min_macs is not None:
+        assert result.report.reduction["macs"] >= min_macs, result.report.reduction
+        assert result.plan.keep, "nothing was pruned"
