@@ -59,7 +59,7 @@ class RecoverOptions:
 
     samples: int = 256
     positions: int = 48
-    ridge: float = 1e-2
+    ridge: float = 1e-3
     seed: int = 0
 
 

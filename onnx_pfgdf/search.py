@@ -370,6 +370,11 @@ def search(
             break
         mid = 0.5 * (lo + hi)
         plan, chosen = plan_for(math.exp(mid))
+        if not plan.keep:
+            lo = mid  # nothing pruned yet: an unpruned model is no answer, go further
+            if bar is not None:
+                bar.update(1)
+            continue
         pruned = recover(config.recover, model, apply_plan(model, plan), plan, calib, config.recover_options)
         after = count_model(pruned)
         macs_removed = 1.0 - after.macs / base.macs if base.macs else 0.0

@@ -1,0 +1,149 @@
+"""Training-free recovery and the budgeted search, on tiny models with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import builders
+import onnx_pfgdf
+from onnx_pfgdf import CriterionConfig, PruneConfig
+from onnx_pfgdf.cli import main
+from onnx_pfgdf.data import Dataset
+from onnx_pfgdf.errors import BudgetError
+from onnx_pfgdf.evaluate import make_session
+from onnx_pfgdf.recover import RecoverOptions
+from onnx_pfgdf.search import Budget
+
+
+def _calib(n: int = 96, seed: int = 0, shape: tuple[int, ...] = builders.IN_SHAPE) -> Dataset:
+    rng = np.random.default_rng(seed)
+    return Dataset({"x": rng.standard_normal((n, *shape[1:])).astype(np.float32)})
+
+
+def _outputs(model: onnx.ModelProto, data: Dataset) -> np.ndarray:
+    session = make_session(model)
+    x = data.inputs["x"]
+    return np.concatenate([session.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def _rel_error(ref: np.ndarray, out: np.ndarray) -> float:
+    return float(np.linalg.norm(ref - out) / np.linalg.norm(ref))
+
+
+def duplicated_filters() -> onnx.ModelProto:
+    """Filters 3..5 of c1 duplicate filters 0..2, so their channels are redundant::
+
+        x[1,3,8,8] -> Conv c1(3->6) -> Relu -> Conv c2(6->4) -> Relu
+                   -> GlobalAveragePool -> Flatten -> Gemm y(4->10)
+
+    Removing channels 3..5 of c1 loses nothing: c2 can add their weights to
+    channels 0..2.  Least squares must find that exactly.
+    """
+    g = builders.GraphBuilder(seed=21)
+    rng = np.random.default_rng(21)
+    w1 = rng.standard_normal((3, 3, 3, 3)) * 0.5
+    b1 = rng.normal(0, 0.1, 3)
+    h = g.node("Conv", ["x", g.const("c1.W", np.concatenate([w1, w1])), g.const("c1.B", np.concatenate([b1, b1]))],
+               "c1", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    h = g.relu(h)
+    h = g.relu(g.conv(h, 6, 4, "c2"))
+    g.head(h, 4)
+    return g.model({"y": [1, builders.CLASSES]})
+
+
+def test_lsq_is_exact_when_kept_channels_span_the_removed_ones() -> None:
+    model = duplicated_filters()
+    calib = _calib()
+    plan = {"format": "onnx-pfgdf-plan", "version": 1,
+            "layers": {"c1": {"node": "Conv_c1", "filters": 6, "keep": [0, 1, 2]}}}
+    ref = _outputs(model, calib)
+    cfg = PruneConfig(recover="none")
+    none = onnx_pfgdf.apply_plan(model, plan, cfg, calib)
+    lsq = onnx_pfgdf.apply_plan(
+        model, plan, PruneConfig(recover="lsq", recover_options=RecoverOptions(ridge=1e-9)), calib)
+    assert lsq.verification.passed
+    assert _rel_error(ref, _outputs(none.model, calib)) > 0.05        # pruning alone does hurt
+    assert _rel_error(ref, _outputs(lsq.model, calib)) < 1e-4         # re-fit recovers it exactly
+    w2 = numpy_helper.to_array(next(t for t in lsq.model.graph.initializer if t.name == "c2.W"))
+    w2_orig = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "c2.W"))
+    np.testing.assert_allclose(w2, w2_orig[:, :3] + w2_orig[:, 3:], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("build", [builders.vgg_chain, builders.resnet_blocks, builders.mlp_head])
+def test_recovery_improves_fidelity_over_none(build) -> None:
+    case = build()
+    calib, held = _calib(128, seed=1), _calib(64, seed=2)
+    ref = _outputs(case.model, held)
+    errors = {}
+    for method in ("none", "bias", "lsq"):
+        cfg = PruneConfig(criterion=CriterionConfig("l1"), ratio=0.5, recover=method)
+        result = onnx_pfgdf.prune(case.model, cfg, calib)
+        assert result.verification.passed
+        errors[method] = _rel_error(ref, _outputs(result.model, held))
+    assert errors["lsq"] < 0.5 * errors["none"], errors
+    assert errors["bias"] < errors["none"], errors
+
+
+def test_report_has_stages_before_and_after_recovery() -> None:
+    case = builders.vgg_chain()
+    result = onnx_pfgdf.prune(case.model, PruneConfig(criterion=CriterionConfig("l1"), ratio=0.5, recover="lsq"),
+                              _calib(64))
+    names = [s["stage"] for s in result.report.stages]
+    assert names == ["original", "pruned, no recovery", "recovered (lsq)"]
+    assert result.report.stages[0]["rel_error"] == 0.0
+    assert result.report.stages[2]["rel_error"] < result.report.stages[1]["rel_error"]
+
+
+@pytest.mark.parametrize("bound", [0.05, 0.2])
+def test_max_error_budget_is_respected_on_held_out_data(bound: float) -> None:
+    case = builders.vgg_chain(widths=(12, 12, 16))
+    calib, held = _calib(128, seed=3), _calib(64, seed=4)
+    result = onnx_pfgdf.prune(case.model, PruneConfig(budget=Budget("max_error", bound), recover="lsq"), calib)
+    assert result.plan.keep, "the search should prune something within a loose budget"
+    assert result.report.stages[-1]["rel_error"] <= bound                 # its own re-check
+    ref = _outputs(case.model, calib)                                     # independent check, search data
+    assert _rel_error(ref, _outputs(result.model, calib)) <= bound * 1.0001
+    assert result.report.reduction["macs"] > 0
+    assert result.search is not None and result.search.steps
+
+
+def test_min_agreement_and_max_drop_budgets() -> None:
+    case = builders.vgg_chain(widths=(12, 12, 16))
+    calib = _calib(200, seed=5)
+    labels = _outputs(case.model, calib).argmax(axis=1)           # labels the original gets 100% on
+    labelled = Dataset(calib.inputs, labels)
+    agree = onnx_pfgdf.prune(case.model, PruneConfig(budget=Budget("min_agreement", 0.9), recover="lsq"), calib)
+    got = np.mean(_outputs(agree.model, calib).argmax(axis=1) == labels)
+    assert got >= 0.9
+    drop = onnx_pfgdf.prune(case.model, PruneConfig(budget=Budget("max_drop", 5.0), recover="lsq"), labelled)
+    acc = np.mean(_outputs(drop.model, labelled).argmax(axis=1) == labels)
+    assert (1.0 - acc) * 100 <= 5.0
+    assert drop.report.stages[0]["accuracy"] == 1.0
+
+
+def test_target_macs_reaches_the_target() -> None:
+    case = builders.vgg_chain(widths=(12, 12, 16))
+    result = onnx_pfgdf.prune(case.model, PruneConfig(budget=Budget("target_macs", 0.4), recover="lsq"), _calib(64))
+    assert result.report.reduction["macs"] >= 0.4
+
+
+def test_nothing_fits_raises_and_the_cli_writes_nothing(tmp_path) -> None:
+    case = builders.vgg_chain()
+    with pytest.raises(BudgetError):
+        onnx_pfgdf.prune(case.model, PruneConfig(budget=Budget("max_error", 1e-12), recover="none"), _calib(32))
+    model_path, calib_path, out = tmp_path / "m.onnx", tmp_path / "c.npz", tmp_path / "o.onnx"
+    onnx.save(case.model, model_path)
+    np.savez(calib_path, x=_calib(32).inputs["x"])
+    code = main(["-q", "prune", str(model_path), "-o", str(out), "--calib", str(calib_path),
+                 "--max-error", "1e-12", "--recover", "none"])
+    assert code == 1
+    assert not out.exists()
+
+
+def test_budget_needs_data() -> None:
+    case = builders.vgg_chain()
+    with pytest.raises(onnx_pfgdf.BadInputError):
+        onnx_pfgdf.prune(case.model, PruneConfig(budget=Budget("max_drop", 0.5), recover="bias"), _calib(16))
