@@ -30,6 +30,7 @@ onnxruntime top-1 accuracy on the test split equals torch's.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -211,7 +212,10 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 250) -> np.ndarra
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: float,
           seed: int, pad: int, pad_value: float, flip: bool, batch_size: int = 64,
           test: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict[str, float]]:
-    """Train in place with SGD + one-cycle LR; return one log row per epoch."""
+    """Train in place with SGD + one-cycle LR; return one log row per epoch.
+
+    The test accuracy (if ``test`` is given) is measured after the last epoch only.
+    """
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     steps = (len(x) + batch_size - 1) // batch_size
@@ -250,7 +254,6 @@ def export(model: nn.Module, path: str) -> onnx.ModelProto:
     """Export with the classic exporter, keeping inference-mode BN nodes (see module doc)."""
     model.eval()
     kwargs = {}
-    import inspect
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False
     torch.onnx.export(

@@ -168,6 +168,7 @@ def _layer_rows(
                 params_after=post.params if post else None,
                 macs_after=post.macs if post else None,
                 fit=fit,
+                channels=group.channels if group is not None else None,
             )
         )
     return tuple(rows)

@@ -64,18 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="print errors only")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    common = argparse.ArgumentParser(add_help=False)
+    verbosity = common.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print errors only")
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log every step")
+    for action in common._actions:
+        parser._add_action(action)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("analyze", help="per-layer table: filters, params, MACs, Gaussian fit, groups, frozen reasons")
+    p = sub.add_parser("analyze", parents=[common], help="per-layer table: filters, params, MACs, Gaussian fit, groups, frozen reasons")
     p.add_argument("model")
     _load_args(p)
     _criterion_args(p)
     p.add_argument("--json", metavar="PATH", help="also write the analysis as JSON")
 
-    p = sub.add_parser("prune", help="prune filters, verify, write the smaller model",
+    p = sub.add_parser("prune", parents=[common], help="prune filters, verify, write the smaller model",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
     p.add_argument("-o", "--output", help="pruned model path (required unless --dry-run)")
@@ -105,16 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-out", metavar="PATH", help="write the plan (JSON) for replay")
     p.add_argument("--report", metavar="PATH", help="write the full report as JSON")
     p.add_argument("--report-md", metavar="PATH", help="write the report as markdown")
+    p.add_argument("--plots", metavar="DIR", help="write PNG plots (Gaussian fits, kept filters, search curve) to DIR")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed; write nothing")
 
-    p = sub.add_parser("verify", help="check a pruned model against the masked original")
+    p = sub.add_parser("verify", parents=[common], help="check a pruned model against the masked original")
     p.add_argument("original")
     p.add_argument("pruned")
     p.add_argument("--plan", required=True, help="the plan.json the pruned model was made with")
     p.add_argument("--tolerance", type=float, default=1e-4)
     _load_args(p)
 
-    p = sub.add_parser("evaluate", help="top-1 accuracy of a model on a labelled .npz")
+    p = sub.add_parser("evaluate", parents=[common], help="top-1 accuracy of a model on a labelled .npz")
     p.add_argument("model")
     p.add_argument("--data", required=True, help=".npz with arrays named after the model inputs and 'labels'")
     p.add_argument("--batch-size", type=int, default=256)
@@ -255,6 +259,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         _write_text(args.report, json.dumps(report.to_dict(), indent=1) + "\n")
     if args.report_md:
         _write_text(args.report_md, report.to_markdown())
+    if args.plots:
+        from onnx_pfgdf.plots import write_plots
+
+        paths = write_plots(args.plots, result.normalized, result.plan, config.criterion, result.search)
+        _say(args, "plots: " + ", ".join(str(p) for p in paths))
     _say(args, f"wrote {args.output}")
     return 0
 
@@ -291,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse reports usage errors with exit 2
         return int(exc.code or 0)
+    args.quiet = getattr(args, "quiet", False)
+    args.verbose = getattr(args, "verbose", False)
     level = logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -32,6 +32,7 @@ class LayerRow:
     params_after: int | None = None
     macs_after: int | None = None
     fit: Mapping[str, float] | None = None
+    channels: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view."""
@@ -118,9 +119,10 @@ class PruneReport:
                           f"(max relative error {float(v.get('max_rel_error', float('nan'))):.2e}, "
                           f"tolerance {float(v.get('tolerance', float('nan'))):.0e}, checker {v.get('checker')})"]
         lines += ["", "## Layers", ""]
-        rows = [["layer", "op", "filters", "kept", "MACs before", "MACs after"]]
+        rows = [["layer", "op", "output channels", "kept", "MACs before", "MACs after"]]
         for r in self.layers:
-            rows.append([r.output, r.op_type, str(r.filters), str(r.kept if r.kept is not None else r.filters),
+            total = r.channels if r.channels is not None else r.filters
+            rows.append([r.output, r.op_type, str(total), str(r.kept if r.kept is not None else total),
                          f"{r.macs:,}", f"{(r.macs_after if r.macs_after is not None else r.macs):,}"])
         lines += _markdown_table(rows)
         if self.frozen:
