@@ -28,7 +28,8 @@ from onnx_pfgdf.io import LoadOptions, normalize
 from onnx_pfgdf.plan import GroupScore, KeepRule, Plan, plan_from_dict, score_groups, select_plan
 from onnx_pfgdf.data import Dataset
 from onnx_pfgdf.recover import RECOVERY, RecoverOptions, recover
-from onnx_pfgdf.search import Budget, Evaluator, SearchConfig, SearchResult, batchable, search
+from onnx_pfgdf.batch import batchable
+from onnx_pfgdf.search import Budget, Evaluator, SearchConfig, SearchResult, search
 from onnx_pfgdf.report import AnalyzeReport, FrozenGroup, LayerRow, PruneReport
 from onnx_pfgdf.rewrite import apply_plan as _rewrite
 from onnx_pfgdf.verify import DEFAULT_TOLERANCE, VerifyResult

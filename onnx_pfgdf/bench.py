@@ -35,9 +35,12 @@ it the plain latency ratio).  With MACs known, ``ideal = MACs_first / MACs_m``
 and ``realized / ideal`` tells how much of the removed arithmetic became time.
 
 Peak memory: each (model, profile) is also loaded and run 3 times in a fresh
-Python process; the reported figure is the growth of that process's peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) from just after ``import
-onnxruntime`` to after the runs.  It costs one interpreter start (~0.5 s) per row;
+Python process; the reported figure is that process's peak RSS while creating
+the session and running it, minus its RSS just before (after ``import
+onnxruntime``).  On Linux the high-water mark is reset first (``5`` written to
+``/proc/self/clear_refs``, then ``VmHWM - VmRSS`` from ``/proc/self/status``);
+elsewhere it is the growth of ``resource.getrusage(RUSAGE_SELF).ru_maxrss``,
+which reads 0 when the imports peaked higher.  It costs one interpreter start (~0.5 s) per row;
 ``memory=False`` skips it and reports ``None``.
 
 onnxruntime is imported inside the functions that use it.
@@ -477,10 +480,24 @@ _RSS_SCRIPT = r"""
 import resource, sys
 import numpy as np
 import onnxruntime as ort
+
+def status_kib(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
 model_path, feed_path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 feed = dict(np.load(feed_path))
-scale = 1.0 if sys.platform == "darwin" else 1024.0
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+try:  # Linux: reset the high-water mark to the current RSS, then read VmHWM
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    before, peak = status_kib("VmRSS") * 1024.0, lambda: status_kib("VmHWM") * 1024.0
+except OSError:  # elsewhere: growth of the lifetime peak (0 if import peaked higher)
+    scale = 1.0 if sys.platform == "darwin" else 1024.0
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 opts = ort.SessionOptions()
 opts.log_severity_level = 3
 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -491,8 +508,7 @@ opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
 sess = ort.InferenceSession(model_path, sess_options=opts, providers=["CPUExecutionProvider"])
 for _ in range(3):
     sess.run(None, feed)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-print((after - before) / 2**20)
+print((peak() - before) / 2**20)
 """
 
 
@@ -651,7 +667,7 @@ def bench_models(
         "intra_op_spinning": False,
         "interleaved": True,
         "cpu_count": os.cpu_count(),
-        "memory": "peak RSS growth after import, fresh process" if memory else None,
+        "memory": "peak RSS minus RSS after import, fresh process per row" if memory else None,
         "accuracy_samples": len(data) if data is not None and data.labels is not None else None,
     }
     return BenchReport(tuple(rows), settings, tuple(notes))
@@ -804,9 +820,9 @@ def plot_report(report: BenchReport, path: str | os.PathLike[str]) -> None:
         err = [max(0.0, r.p90_ms - r.median_ms) for r in rows]
         x = np.arange(len(rows))
         bars = ax.bar(x, med, yerr=[[0.0] * len(err), err], capsize=3, color="tab:blue")
-        for bar, r in zip(bars, rows):
+        for bar, r, e in zip(bars, rows, err):
             ax.annotate(f"{report.speedup(r.label, pname):.2f}x",
-                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height() + e),
                         ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
         batches = sorted({r.batch for r in rows})
         prof = PROFILES.get(pname)
@@ -814,7 +830,7 @@ def plot_report(report: BenchReport, path: str | os.PathLike[str]) -> None:
         ax.set_title(f"{pname}: {threads} thread(s), batch {'/'.join(map(str, batches))}")
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("median ms per run (bar: p90)")
-        ax.set_ylim(0, max(m + e for m, e in zip(med, err)) * 1.15 if med else 1)
+        ax.set_ylim(0, max(m + e for m, e in zip(med, err)) * 1.2 if med else 1)
     fig.tight_layout()
     fig.savefig(os.fspath(path), format="png", dpi=110)
     plt.close(fig)

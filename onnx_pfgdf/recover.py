@@ -35,6 +35,7 @@ import scipy.linalg
 import scipy.stats
 from onnx import numpy_helper
 
+from onnx_pfgdf.batch import batchable, dynamic_batch
 from onnx_pfgdf.channels import layout_positions
 from onnx_pfgdf.data import Dataset
 from onnx_pfgdf.evaluate import make_session
@@ -124,9 +125,9 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return out
 
 
-def _run(model: onnx.ModelProto, data: Dataset, names: Sequence[str], n: int) -> list[np.ndarray]:
-    """Run ``model`` on the first ``n`` samples (one by one if the batch is fixed)."""
-    session = make_session(with_outputs(model, names))
+def _run(model: onnx.ModelProto, data: Dataset, names: Sequence[str], n: int, batch: bool = False) -> list[np.ndarray]:
+    """Run ``model`` on the first ``n`` samples, in batches when ``batch`` (see :mod:`onnx_pfgdf.batch`)."""
+    session = make_session(with_outputs(dynamic_batch(model) if batch else model, names))
     first = session.get_inputs()[0]
     fixed = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
     step = fixed or 64
@@ -274,7 +275,8 @@ def _bias(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: 
     if data is not None and targets:
         names = [nodes_o[c.node].input[0] for c in targets]
         n = min(len(data), options.samples)
-        for name, act in zip(names, _run(original, data, names, n), strict=True):
+        batch = batchable(original) is not None
+        for name, act in zip(names, _run(original, data, names, n, batch), strict=True):
             axes = tuple(i for i in range(act.ndim) if i != 1)
             means[name] = act.astype(np.float64).mean(axis=axes)
     index_o = GraphIndex(original)
@@ -321,6 +323,7 @@ def _lsq(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: D
     if not targets:
         return out
     n = min(len(data), options.samples)
+    batch = batchable(original) is not None
     rng = np.random.default_rng(options.seed)
     shapes = GraphIndex(original)
     # Sample positions once per layer; keep only the sampled targets of the original.
@@ -331,7 +334,7 @@ def _lsq(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: D
             rows[c.node] = _sample_rows(n, (y_shape[2], y_shape[3]), options.positions, rng)
     y_names = [nodes_o[c.node].output[0] for c in targets]
     targets_y: dict[str, np.ndarray] = {}
-    for c, y in zip(targets, _run(original, data, y_names, n), strict=True):
+    for c, y in zip(targets, _run(original, data, y_names, n, batch), strict=True):
         if c.op_type == "Conv":
             r = rows[c.node]
             targets_y[c.node] = y[r[:, 0], :, r[:, 1], r[:, 2]][:, c.kept_out]
@@ -339,7 +342,7 @@ def _lsq(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: D
             targets_y[c.node] = y[:, c.kept_out]
     for c in targets:
         node_p = nodes_p[c.node]
-        (x,) = _run(out, data, [node_p.input[0]], n)
+        (x,) = _run(out, data, [node_p.input[0]], n, batch)
         w, b = _weight_and_bias(out, node_p)
         y = targets_y[c.node]
         if c.op_type == "Conv":

@@ -36,6 +36,7 @@ from onnx_pfgdf.channels import ChannelAnalysis
 from onnx_pfgdf.count import count_model
 from onnx_pfgdf.criteria import CriterionConfig
 from onnx_pfgdf.data import Dataset
+from onnx_pfgdf.batch import batchable, dynamic_batch
 from onnx_pfgdf.evaluate import make_session
 from onnx_pfgdf.graph import GraphIndex
 from onnx_pfgdf.plan import KeepRule, Plan, score_groups, select_plan
@@ -117,9 +118,8 @@ class Evaluator:
         self.base_accuracy = self._accuracy(self.reference[0])
 
     def _outputs(self, model: onnx.ModelProto) -> list[np.ndarray]:
-        runnable = batchable(model) if self.batch else None
-        session = make_session(runnable if runnable is not None else model)
-        step = 64 if runnable is not None else 1
+        session = make_session(dynamic_batch(model) if self.batch else model)
+        step = 64 if self.batch else 1
         n = len(self.data)
         chunks: list[list[np.ndarray]] = []
         for s in range(0, n, step):
@@ -160,43 +160,6 @@ class Evaluator:
         if budget.kind == "max_error":
             return fid.rel_error <= budget.value
         return True
-
-
-def batchable(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """A copy with a dynamic batch dim that matches per-sample runs, else None.
-
-    Normalization fixes the batch to 1; many graphs run unchanged with any
-    batch.  The copy is accepted only if a batch of 2 gives the same outputs
-    as two batch-1 runs.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.value_info[:]
-    for vi in list(out.graph.input) + list(out.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims) == 0:
-            return None
-        dims[0].Clear()
-        dims[0].dim_param = "N"
-    inits = {t.name for t in out.graph.initializer}
-    try:
-        session = make_session(out)
-        rng = np.random.default_rng(0)
-        feeds = {}
-        for vi in model.graph.input:
-            if vi.name in inits:
-                continue
-            shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-            feeds[vi.name] = rng.standard_normal([2, *shape[1:]]).astype(np.float32)
-        both = session.run(None, feeds)
-        single = [session.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(2)]
-    except Exception:  # onnxruntime refuses the dynamic batch: fall back to batch 1
-        return None
-    for k, arr in enumerate(both):
-        joined = np.concatenate([single[0][k], single[1][k]], axis=0)
-        if arr.shape != joined.shape or not np.allclose(arr, joined, rtol=1e-4, atol=1e-5):
-            return None
-    return out
 
 
 @dataclass(frozen=True)
