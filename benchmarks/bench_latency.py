@@ -19,15 +19,13 @@ the machine shift them; read the speedup columns, not the absolute ms.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-from onnx_pfgdf.bench import PROFILES, STATIC, bench_models, plot_report, quantize_with_notes
-from onnx_pfgdf.count import count_model
+from onnx_pfgdf.bench import PROFILES, compare, plot_report
 from onnx_pfgdf.data import Dataset, load_npz
 from onnx_pfgdf.io import read_model
 
@@ -47,12 +45,6 @@ def _labels(paths: list[str]) -> list[str]:
         labels.append(label)
     return labels
 
-
-def _macs(model) -> int | None:
-    try:
-        return count_model(model).macs or None
-    except Exception:  # noqa: BLE001 - shapes unknown: report n/a
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,29 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         data = data.take(args.limit)
     calib: Dataset | None = load_npz(args.calib, names) if args.calib else None
 
-    models = list(zip(labels, floats))
-    sources = dict(zip(labels, args.models))
-    macs: dict[str, int | None] = {}
-    notes: list[str] = []
-    if not args.no_int8:
-        for label, model in list(zip(labels, floats)):
-            variants, qnotes = quantize_with_notes(model, calib, args.calib_samples)
-            for name, text in qnotes.items():
-                if name == STATIC and calib is None:
-                    continue
-                notes.append(f"{label}+{name}: {text}")
-            for name, qmodel in variants.items():
-                qlabel = f"{label}+{name}"
-                models.append((qlabel, qmodel))
-                sources[qlabel] = f"{sources[label]} ({name})"
-                macs[qlabel] = _macs(model)
-
-    report = bench_models(
-        models, profiles=args.profiles, runs=args.runs, warmup=args.warmup, seed=args.seed,
-        data=data, progress=args.progress, sources=sources, macs=macs, memory=not args.no_memory,
+    report = compare(
+        [(label, model, path) for label, model, path in zip(labels, floats, args.models)],
+        data=data, calib=calib, int8=not args.no_int8, calib_samples=args.calib_samples,
+        profiles=args.profiles, runs=args.runs, warmup=args.warmup, seed=args.seed,
+        memory=not args.no_memory, progress=args.progress,
     )
-    report = dataclasses.replace(report, notes=tuple(notes) + report.notes)
-
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")

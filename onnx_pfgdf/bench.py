@@ -48,6 +48,7 @@ onnxruntime is imported inside the functions that use it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -63,12 +64,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from onnx_pfgdf.count import count_model
 from onnx_pfgdf.data import Dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime as ort
 
 __all__ = [
+    "compare",
     "Profile",
     "PROFILES",
     "BenchRow",
@@ -834,3 +837,51 @@ def plot_report(report: BenchReport, path: str | os.PathLike[str]) -> None:
     fig.tight_layout()
     fig.savefig(os.fspath(path), format="png", dpi=110)
     plt.close(fig)
+
+
+def compare(
+    models: Sequence[tuple[str, onnx.ModelProto, str]],
+    *,
+    data: Dataset | None = None,
+    calib: Dataset | None = None,
+    int8: bool = True,
+    calib_samples: int = 128,
+    profiles: Sequence[str] = ("edge", "server"),
+    runs: int = 50,
+    warmup: int = 10,
+    seed: int = 0,
+    memory: bool = True,
+    progress: bool = False,
+) -> BenchReport:
+    """Bench float models and (with ``int8``) their onnxruntime INT8 variants in one run.
+
+    Args:
+        models: ``(label, model, source)``; the first is the reference (original).
+        data: labelled data for top-1 accuracy of every row.
+        calib: calibration data for static INT8 (dynamic INT8 needs none).
+
+    Returns:
+        The report; quantization that failed or was skipped is listed in ``notes``.
+    """
+    rows: list[tuple[str, onnx.ModelProto]] = [(label, model) for label, model, _ in models]
+    sources = {label: source for label, _, source in models}
+    macs: dict[str, int | None] = {}
+    notes: list[str] = []
+    if int8:
+        for label, model, _ in models:
+            variants, qnotes = quantize_with_notes(model, calib, calib_samples)
+            for name, text in qnotes.items():
+                if name == STATIC and calib is None:
+                    continue
+                notes.append(f"{label}+{name}: {text}")
+            for name, qmodel in variants.items():
+                qlabel = f"{label}+{name}"
+                rows.append((qlabel, qmodel))
+                sources[qlabel] = f"{sources[label]} ({name})"
+                try:
+                    macs[qlabel] = count_model(model).macs or None
+                except Exception:  # shapes unknown: report n/a
+                    macs[qlabel] = None
+    report = bench_models(rows, profiles=profiles, runs=runs, warmup=warmup, seed=seed, data=data,
+                          progress=progress, sources=sources, macs=macs, memory=memory)
+    return dataclasses.replace(report, notes=tuple(notes) + report.notes)

@@ -118,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-4)
     _load_args(p)
 
+    p = sub.add_parser("bench", parents=[common],
+                       help="onnxruntime CPU latency: original vs pruned (+ INT8 variants), edge and server profiles")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="the original first, then pruned models")
+    p.add_argument("--data", metavar="NPZ", help="labelled .npz: top-1 accuracy of every row")
+    p.add_argument("--calib", metavar="NPZ", help="calibration .npz for static INT8")
+    p.add_argument("--limit", type=int, help="use only the first N samples of --data")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model and profile (default: 50)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--no-int8", action="store_true", help="skip onnxruntime's INT8 variants")
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    p.add_argument("--report-md", metavar="PATH", help="write the report as markdown")
+    p.add_argument("--plots", metavar="PNG", help="write a bar chart")
+
     p = sub.add_parser("evaluate", parents=[common], help="top-1 accuracy of a model on a labelled .npz")
     p.add_argument("model")
     p.add_argument("--data", required=True, help=".npz with arrays named after the model inputs and 'labels'")
@@ -290,7 +303,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"analyze": _cmd_analyze, "prune": _cmd_prune, "verify": _cmd_verify, "evaluate": _cmd_evaluate}
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from onnx_pfgdf.bench import compare, plot_report
+
+    floats = [read_model(p) for p in args.models]
+    labels = ["original"] + [f"{Path(p).stem}" if Path(p).stem != "original" else f"model{i}"
+                             for i, p in enumerate(args.models[1:], 1)]
+    if len(set(labels)) != len(labels):
+        labels = ["original"] + [f"model{i}" for i in range(1, len(labels))]
+    data = _dataset(args.data, floats[0]) if args.data else None
+    if data is not None and args.limit:
+        data = data.take(args.limit)
+    calib = _dataset(args.calib, floats[0]) if args.calib else None
+    report = compare([(lab, m, p) for lab, m, p in zip(labels, floats, args.models)], data=data, calib=calib,
+                     int8=not args.no_int8, runs=args.runs, warmup=args.warmup, progress=not args.quiet)
+    _say(args, render_table(report.rows_table()))
+    for note in report.notes:
+        _say(args, f"note: {note}")
+    if args.json:
+        _write_text(args.json, json.dumps(report.to_dict(), indent=1) + "\n")
+    if args.report_md:
+        _write_text(args.report_md, report.to_markdown())
+    if args.plots:
+        plot_report(report, args.plots)
+    return 0
+
+
+COMMANDS = {"analyze": _cmd_analyze, "prune": _cmd_prune, "verify": _cmd_verify, "evaluate": _cmd_evaluate, "bench": _cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
