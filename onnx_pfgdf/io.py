@@ -184,7 +184,22 @@ def opset_version(model: onnx.ModelProto) -> int:
 # helpers for models that cannot be serialized into one protobuf (>= 2 GiB)
 
 
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """Serialized payload of one tensor, without serializing it."""
+    if tensor.raw_data:
+        return len(tensor.raw_data)
+    return 8 * (len(tensor.float_data) + len(tensor.int32_data) + len(tensor.int64_data)
+                + len(tensor.double_data) + len(tensor.uint64_data)) + sum(len(b) for b in tensor.string_data)
+
+
 def _is_large(model: onnx.ModelProto) -> bool:
+    """Would ``model`` come near protobuf's 2 GiB limit?  (Initializer payloads dominate;
+    ``ByteSize()`` is exact but walks the whole message, which costs seconds on large models.)"""
+    payload = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    if payload > EXTERNAL_DATA_THRESHOLD:
+        return True
+    if payload < EXTERNAL_DATA_THRESHOLD // 2:
+        return False
     return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
 
 
