@@ -292,7 +292,8 @@ def _refuse_unusable(model: onnx.ModelProto) -> None:
     for tensor, kind in tensors:
         if tensor.data_type not in _FLOAT_TYPES:
             continue
-        values = _tensor_array(tensor).astype(np.float64, copy=False)
+        with np.errstate(invalid="ignore", over="ignore"):
+            values = _tensor_array(tensor).astype(np.float64, copy=False)
         if not np.isfinite(values).all():
             name = tensor.name or "?"
             raise BadInputError(f"{kind} '{name}' contains NaN or Inf values")
