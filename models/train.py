@@ -22,7 +22,8 @@ every BatchNorm into the preceding Conv; the pruning tool wants the
 BatchNormalization nodes kept, so the model is put in ``eval()`` mode and
 exported with ``training=TrainingMode.PRESERVE``: the exporter then follows the
 module's own (eval) mode, emitting inference-mode BatchNormalization nodes (one
-output, running statistics as initializers) and skipping the fusion.  The script
+output, running statistics as initializers) and skipping the fusion.  Initializers
+the exporter tied through Identity nodes are untied (:func:`untie_initializers`).  The script
 checks the graph (onnx.checker, BN node count, single-output BN) and that the
 onnxruntime top-1 accuracy on the test split equals torch's.
 """
@@ -48,7 +49,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from onnx_pfgdf.data import MNIST_MEAN, MNIST_STD, load_cifar10, mnist32_split  # noqa: E402
 from onnx_pfgdf.evaluate import make_session, run_batched  # noqa: E402
 
-__all__ = ["VGG", "ResNetCifar", "build", "count_params", "count_macs", "train", "export", "main"]
+__all__ = [
+    "VGG", "ResNetCifar", "build", "count_params", "count_macs", "train", "untie_initializers",
+    "export", "main",
+]
 
 logger = logging.getLogger("train")
 
@@ -250,6 +254,31 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: fl
     return log
 
 
+def untie_initializers(proto: onnx.ModelProto) -> int:
+    """Replace ``Identity(initializer)`` nodes by a copy of the initializer, in place.
+
+    The classic exporter deduplicates initializers with identical values and
+    re-creates the duplicates with Identity nodes.  In ResNet the biases of the
+    two BatchNorms feeding a residual Add receive identical gradients from a zero
+    start, so they are equal and get tied this way; untying keeps one plain
+    initializer per BN input.  Returns the number of nodes removed.
+    """
+    inits = {t.name: t for t in proto.graph.initializer}
+    keep, removed = [], 0
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            proto.graph.initializer.append(copy)
+            removed += 1
+        else:
+            keep.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    return removed
+
+
 def export(model: nn.Module, path: str) -> onnx.ModelProto:
     """Export with the classic exporter, keeping inference-mode BN nodes (see module doc)."""
     model.eval()
@@ -263,6 +292,8 @@ def export(model: nn.Module, path: str) -> onnx.ModelProto:
         do_constant_folding=True, training=torch.onnx.TrainingMode.PRESERVE, **kwargs,
     )
     proto = onnx.load(path)
+    if untie_initializers(proto):
+        onnx.save(proto, path)
     onnx.checker.check_model(proto, full_check=True)
     bns = [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -276,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train and export the reference models.")
     parser.add_argument("--model", choices=[*BUILDERS, "all"], default="all")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs (default: vgg16 6, resnet32 15 on MNIST-32; 60 on CIFAR-10)")
+                        help="epochs (default: vgg16 6, resnet32 12 on MNIST-32; 60 on CIFAR-10)")
     parser.add_argument("--cifar10", metavar="DIR", default=None,
                         help="train on the CIFAR-10 python batches in DIR instead of MNIST-32")
     parser.add_argument("--seed", type=int, default=0)
@@ -301,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 
     names = list(BUILDERS) if args.model == "all" else [args.model]
     for name in names:
-        epochs = args.epochs or (60 if args.cifar10 else {"vgg16": 6, "resnet32": 15}[name])
+        epochs = args.epochs or (60 if args.cifar10 else {"vgg16": 6, "resnet32": 12}[name])
         lr = {"vgg16": 0.05, "resnet32": 0.1}[name]
         torch.manual_seed(args.seed)
         model = build(name)
