@@ -348,6 +348,20 @@ def winners(rows: list[Row]) -> dict[str, Any]:
     return out
 
 
+def _run_lines(meta: dict[str, Any]) -> list[str]:
+    """Command(s), dates and run times; one line per run when the file merges several."""
+    runs = meta.get("per_model") or {}
+    commands = sorted({str(v.get("command")) for v in runs.values()}) if runs else [meta["command"]]
+    if len(commands) <= 1:
+        return [f"- Command: `{commands[0] if commands else meta['command']}`",
+                f"- Date: {meta['date']}; total run time {meta['total_seconds'] / 60:.1f} min"]
+    out = ["- Measured in separate runs, merged with `--append` (the runs overlapped in time on the same 2 cores):"]
+    for m, v in runs.items():
+        out.append(f"  - {NAMES.get(m, m)}: `{v.get('command')}` on {v.get('date')}, "
+                   f"{float(v.get('seconds') or 0) / 60:.1f} min")
+    return out
+
+
 def render(meta: dict[str, Any], rows: list[Row]) -> str:
     data_note = "MNIST-32 (easier substitute for CIFAR-10)" if not meta["cifar10"] else "CIFAR-10"
     lines = [
@@ -358,18 +372,26 @@ def render(meta: dict[str, Any], rows: list[Row]) -> str:
             "every figure below is an MNIST-32 figure and is *not* comparable with the paper's CIFAR-10 numbers."
             if not meta["cifar10"] else ""),
         "",
-        f"- Command: `{meta['command']}`",
+        *_run_lines(meta),
         f"- Machine: {meta['machine']}",
-        f"- Date: {meta['date']}; total run time {meta['total_seconds'] / 60:.1f} min",
         f"- Versions: {meta['versions']}",
         "- Counting as the paper counts: filters = Conv output channels; params = all float initializers "
         "(conv, BN, fully connected); FLOPs are MACs (multiply-accumulates) at batch 1. "
         "All percentages are *removed* fractions; accuracies are top-1 on the test split.",
         "- `none` = pruned without recovery; `lsq` = training-free least-squares re-fit of the next layer "
         "on 256 calibration images (the paper fine-tunes instead).",
-        "- Matched MACs rows: `prune(budget=Budget(\"target_macs\", T), recover=\"lsq\")`; the `none` "
-        "accuracy is the same plan replayed with `apply_plan(..., PruneConfig(recover=\"none\"))`, so both "
-        "readings are at identical MACs. Seconds = search + replay.",
+        "- Row 1, matched MACs: the automated search with `Budget(\"target_macs\", T)`, T = the paper's FLOPs "
+        "reduction, on the 500 calibration images; one plan per criterion, read without recovery (`none`) and "
+        "after `lsq`, so both accuracies are at identical MACs. The search accepts a step when its MACs reach "
+        "T, which recovery cannot change, so it runs with `recover=\"none\"` and the plan is replayed with "
+        "`apply_plan(..., PruneConfig(recover=\"lsq\"))`: the same plan `prune(budget=..., recover=\"lsq\")` "
+        "returns, without nine least-squares re-fits inside the search (`--via-prune` runs the `prune` call). "
+        "MACs land at or just above T: the per-layer ladders are discrete. Seconds = search + replay.",
+        "- Row 2: `prune(budget=Budget(\"max_drop\", 0.5), recover=\"lsq\")`, default PFGDF criterion "
+        "(`pfgdf/l1/outside`), accuracy budget checked on calibration labels, re-checked on the test split. "
+        "Row 3: uniform `ratio=0.5` (every prunable group loses half its channels). "
+        "Row 4: `onnxsim.apply_structured_pruning(sparsity=0.5)`, no recovery; its `acc before` is the input "
+        "model it was given.",
         "",
     ]
     for name in meta["models"]:
@@ -383,6 +405,11 @@ def render(meta: dict[str, Any], rows: list[Row]) -> str:
                 f"Original: {orig['filters']:,} filters, {orig['params']:,} params, {orig['macs']:,} MACs; "
                 f"test accuracy {pct(orig.get('accuracy'))}% on {data_note}."
             )
+            lines.append("")
+        run = meta.get("per_model", {}).get(name)
+        if run:
+            lines.append(f"Measured by `{run['command']}`{' (quick: fewer rows)' if run.get('quick') else ''} "
+                         f"on {run['date']}, {float(run['seconds'] or 0) / 60:.1f} min for this model.")
             lines.append("")
         win = meta["winners"].get(name, {})
         head = ["row", "method", "setting", "filters −%", "params −%", "MACs −%", "acc before %",
@@ -412,6 +439,15 @@ def render(meta: dict[str, Any], rows: list[Row]) -> str:
                 f"original): **{win['overall']}**; ranking: {', '.join(win['ranking'])}. "
                 f"Best without recovery: {win['overall_without_recovery']}."
             )
+            n_test = meta.get("test_samples")
+            acc0 = orig.get("accuracy")
+            if n_test and acc0:
+                se = 100 * (acc0 * (1 - acc0) / n_test) ** 0.5
+                lines.append(
+                    f"With {n_test:,} test images one image is {100 / n_test:.1f} pt and the binomial standard "
+                    f"error near {pct(acc0, 1)}% is {se:.2f} pt: accuracy gaps below about {2.8 * se:.1f} pt "
+                    f"(two standard errors of a difference) do not separate two criteria."
+                )
             if win.get("pfgdf_reading_winner"):
                 lines.append(
                     f"PFGDF readings: the better reading is **{win['pfgdf_reading_winner']}**; "
@@ -429,7 +465,8 @@ def render(meta: dict[str, Any], rows: list[Row]) -> str:
         "## Reproduce",
         "",
         "```bash",
-        meta["command"],
+        "python benchmarks/paper_table.py            # all rows, both models",
+        "python benchmarks/paper_table.py --quick    # smoke run: 3 criteria at matched MACs, no budget row",
         "```",
         "",
         "Raw figures (all stages, agreement, relative error, search trail, kept filters per layer): "
@@ -444,7 +481,7 @@ def render(meta: dict[str, Any], rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="vgg16,resnet32")
+    parser.add_argument("--models", default="resnet32,vgg16")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 criteria at matched MACs, no budget row")
     parser.add_argument("--cifar10", metavar="DIR", default=None, help="CIFAR-10 python batches instead of MNIST-32")
     parser.add_argument("--models-dir", default=os.path.join(ROOT, "models"))
@@ -453,7 +490,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds per automated search")
     parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the models to appear")
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--via-prune", action="store_true",
+                        help="matched-MACs rows through prune(budget=...) with lsq inside the search (slower)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of other models already in paper_table.json")
+    parser.add_argument("--render-only", action="store_true",
+                        help="re-render paper_table.md from an existing paper_table.json")
     args = parser.parse_args(argv)
+    if args.render_only:
+        with open(os.path.join(args.out, "paper_table.json")) as fh:
+            doc = json.load(fh)
+        doc["meta"].setdefault("test_samples", args.test_samples)  # files written before the field existed
+        rows_in = [Row(**r) for r in doc["rows"]]
+        with open(os.path.join(args.out, "paper_table.md"), "w") as fh:
+            fh.write(render(doc["meta"], rows_in))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     for noisy in ("onnx_pfgdf",):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -489,24 +540,46 @@ def main(argv: list[str] | None = None) -> int:
         "data": data_desc,
         "cifar10": bool(args.cifar10),
         "quick": args.quick,
+        "test_samples": len(test),
         "models": models,
         "operating_point": {m: OPERATING_POINT[m] for m in models},
         "original": {},
         "winners": {},
         "total_seconds": 0.0,
+        "per_model": {},
     }
+    model_runs: dict[str, dict[str, Any]] = {}
     rows: list[Row] = []
 
     def save() -> None:
         meta["total_seconds"] = time.monotonic() - start
-        doc = {"meta": meta, "rows": [asdict(r) for r in rows]}
-        with open(os.path.join(args.out, "paper_table.json"), "w") as fh:
-            json.dump(doc, fh, indent=1, default=float)
+        meta["per_model"].update({m: dict(v) for m, v in model_runs.items()})
+        out_rows = [asdict(r) for r in rows]
+        doc_meta = dict(meta)
+        path = os.path.join(args.out, "paper_table.json")
+        if args.append and os.path.exists(path):
+            # keep what earlier runs measured for the other models (re-read at every save)
+            with open(path) as fh:
+                old = json.load(fh)
+            keep = [r for r in old.get("rows", []) if r["model"] not in models]
+            out_rows = keep + out_rows
+            om = old.get("meta", {})
+            others = sorted({r["model"] for r in keep})
+            for key in ("original", "winners", "per_model", "operating_point"):
+                doc_meta[key] = {**{m: v for m, v in om.get(key, {}).items() if m in others}, **meta[key]}
+            for m in others:
+                doc_meta["per_model"].setdefault(m, {"command": om.get("command"), "seconds": om.get("total_seconds"),
+                                                      "date": om.get("date"), "quick": om.get("quick")})
+            doc_meta["models"] = others + [m for m in models if m not in others]
+        with open(path, "w") as fh:
+            json.dump({"meta": doc_meta, "rows": out_rows}, fh, indent=1, default=float)
         with open(os.path.join(args.out, "paper_table.md"), "w") as fh:
-            fh.write(render(meta, rows))
+            fh.write(render(doc_meta, [Row(**r) for r in out_rows]))
 
     matched = MATCHED_QUICK if args.quick else MATCHED_FULL
     for name in models:
+        model_start = time.monotonic()
+        model_runs[name] = {"command": command, "quick": args.quick, "date": meta["date"], "seconds": 0.0}
         model = onnx.load(paths[name])
         analysis = onnx_pfgdf.analyze(model)
         c = analysis.count
@@ -515,13 +588,15 @@ def main(argv: list[str] | None = None) -> int:
 
         def add(row: Row) -> None:
             rows.append(row)
+            model_runs[name]["seconds"] = time.monotonic() - model_start
             log.info("%s %-9s %-22s %-22s filters -%s%% MACs -%s%% acc %s/%s/%s %.0fs%s", name, row.kind,
                      row.method[:22], row.setting[:22], pct(row.filters), pct(row.macs), pct(row.acc_before, 1),
                      pct(row.acc_none, 1), pct(row.acc_lsq, 1), row.seconds, f" ERROR {row.error}" if row.error else "")
             save()
 
         for cname, stat, side in matched:
-            add(matched_macs(model, name, CriterionConfig(cname, stat, side), calib, test, args.time_limit))
+            add(matched_macs(model, name, CriterionConfig(cname, stat, side), calib, test, args.time_limit,
+                             args.via_prune))
         meta["winners"][name] = winners(rows)
         if not args.quick:
             add(max_drop(model, name, calib, test, args.time_limit))

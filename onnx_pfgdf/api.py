@@ -231,6 +231,7 @@ def _finish(
     calib: Dataset | None = None,
     data: Dataset | None = None,
     search_result: SearchResult | None = None,
+    cache: dict | None = None,
 ) -> PruneResult:
     """Rewrite, verify, recover, measure, report; raise rather than return a bad model."""
     method = _recovery_method(config, calib)
@@ -243,7 +244,7 @@ def _finish(
                 f"pruned model failed verification: max relative error {verification.max_rel_error:.3g} "
                 f"> {config.tolerance:g} or checker: {verification.checker}"
             )
-    final = recover(method, analysis.model, rewritten, plan, calib, config.recover_options)
+    final = recover(method, analysis.model, rewritten, plan, calib, config.recover_options, cache)
     after = count_model(final)
     stages: list[dict[str, object]] = []
     held_out = data if data is not None else calib
@@ -377,12 +378,13 @@ def _prune_budgeted(
         time_limit=config.time_limit,
         progress=config.progress,
     )
-    result = search(analysis.model, analysis.channels, search_data, scfg)
+    cache: dict | None = {} if search_data is calib else None
+    result = search(analysis.model, analysis.channels, search_data, scfg, cache=cache)
     if result.plan is None:
         raise BudgetError(f"no pruned model meets the budget {budget.kind}={budget.value:g}; nothing written")
     settings = config.to_dict() | {"recover": method}
     for plan in (result.plan, *result.fallbacks):
-        final = _finish(analysis, plan, config, settings, calib, data, result)
+        final = _finish(analysis, plan, config, settings, calib, data, result, cache)
         if _budget_holds(final, budget):
             return _restore_batch(model, final)
         log.info("plan breaks the budget on held-out data; backing off")

