@@ -173,7 +173,9 @@ class SearchConfig:
     recover_options: RecoverOptions = field(default_factory=RecoverOptions)
     sensitivity_samples: int = 64
     sensitivity_rungs: int = 7
+    max_gap: float = 0.15
     recovery_samples: int = 128
+    fallbacks: int = 8
     bisection_steps: int = 9
     time_limit: float | None = None
     progress: bool = False
@@ -204,8 +206,8 @@ class SearchResult:
     fidelity: Fidelity | None
     steps: tuple[SearchStep, ...]
     fallbacks: tuple[Plan, ...]
-    levels: Mapping[int, Sequence[float]]
-    chosen_level: Mapping[int, float]
+    levels: Mapping[int, Sequence[str]]
+    chosen_level: Mapping[int, str]
     sensitivity: Mapping[int, Sequence[float]]
     seconds: float
 
@@ -215,38 +217,67 @@ class SearchResult:
             "steps": [s.to_dict() for s in self.steps],
             "chosen_level": {str(k): v for k, v in self.chosen_level.items()},
             "sensitivity": {str(k): list(map(float, v)) for k, v in self.sensitivity.items()},
-            "levels": {str(k): list(map(float, v)) for k, v in self.levels.items()},
+            "levels": {str(k): list(v) for k, v in self.levels.items()},
             "seconds": self.seconds,
         }
 
 
 def _ladders(
     analysis: ChannelAnalysis, index: GraphIndex, config: SearchConfig
-) -> tuple[dict[int, list[np.ndarray]], dict[int, list[float]]]:
-    """Per group: kept index sets from least to most pruned, and their level values."""
+) -> tuple[dict[int, list[np.ndarray]], dict[int, list[str]]]:
+    """Per group: kept index sets from least to most pruned, and a label for each rung.
+
+    PFGDF rungs are the interval half-widths of :data:`ALPHAS_OUTSIDE` /
+    :data:`ALPHAS_INSIDE`, ordered by how many filters they keep (for the
+    ``weights`` statistic a larger alpha prunes more, for the others less).
+    Where those rungs leave a gap of more than ``max_gap`` of a group's
+    channels — coupled groups, whose members must all agree that a filter is
+    insignificant, often jump from nothing to half — the gap is filled with
+    rungs of the criterion's ranking at fixed kept fractions.
+    """
     crit = config.criterion
-    ladders: dict[int, list[np.ndarray]] = {g.id: [] for g in analysis.prunable_groups()}
-    values: dict[int, list[float]] = {g.id: [] for g in analysis.prunable_groups()}
+    groups = {g.id: g for g in analysis.prunable_groups()}
+    candidates: dict[int, list[tuple[np.ndarray, str]]] = {gid: [] for gid in groups}
     if crit.name == "pfgdf":
         alphas = ALPHAS_INSIDE if crit.side == "inside" else ALPHAS_OUTSIDE
         for alpha in alphas:
             scores = score_groups(analysis, index, CriterionConfig(crit.name, crit.statistic, crit.side, alpha, crit.seed))
             plan = select_plan(analysis, scores, keep_rule=config.keep_rule)
-            for gid in ladders:
-                kept = plan.keep.get(gid)
-                if kept is not None and (not ladders[gid] or len(kept) < len(ladders[gid][-1])):
-                    ladders[gid].append(kept)
-                    values[gid].append(alpha)
-    else:
-        scores = score_groups(analysis, index, crit)
-        for frac in KEEP_FRACTIONS:
-            plan = select_plan(analysis, scores, ratio=1.0 - frac, keep_rule=config.keep_rule)
-            for gid in ladders:
-                kept = plan.keep.get(gid)
-                if kept is not None and (not ladders[gid] or len(kept) < len(ladders[gid][-1])):
-                    ladders[gid].append(kept)
-                    values[gid].append(frac)
+            for gid in candidates:
+                if gid in plan.keep:
+                    candidates[gid].append((plan.keep[gid], f"alpha={alpha:g}"))
+    ranked = score_groups(analysis, index, CriterionConfig(crit.name, crit.statistic, crit.side, None, crit.seed))
+    fractions: dict[int, list[tuple[np.ndarray, str]]] = {gid: [] for gid in groups}
+    for frac in KEEP_FRACTIONS:
+        plan = select_plan(analysis, ranked, ratio=1.0 - frac, keep_rule=config.keep_rule)
+        for gid in fractions:
+            if gid in plan.keep:
+                fractions[gid].append((plan.keep[gid], f"keep={frac:g}"))
+    ladders: dict[int, list[np.ndarray]] = {}
+    values: dict[int, list[str]] = {}
+    for gid, group in groups.items():
+        rungs = candidates[gid]
+        if crit.name == "pfgdf":
+            sizes = sorted({group.channels, *(len(k) for k, _ in rungs)}, reverse=True)
+            gaps = [(a, b) for a, b in zip(sizes, sizes[1:]) if a - b > config.max_gap * group.channels]
+            gaps.append((sizes[-1], 0))  # below the deepest alpha rung
+            rungs = rungs + [(k, label) for k, label in fractions[gid]
+                             if any(a > len(k) > b for a, b in gaps)]
+        else:
+            rungs = fractions[gid]
+        seen: set[int] = set()
+        ordered = []
+        for kept, label in sorted(rungs, key=lambda r: -len(r[0])):
+            if len(kept) not in seen:
+                seen.add(len(kept))
+                ordered.append((kept, label))
+        ladders[gid] = [k for k, _ in ordered]
+        values[gid] = [label for _, label in ordered]
     return ladders, values
+
+
+def _plan_key(plan: Plan) -> tuple[tuple[int, bytes], ...]:
+    return tuple(sorted((g, k.tobytes()) for g, k in plan.keep.items()))
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -319,9 +350,9 @@ def search(
         bar.close()
     say(f"sensitivity measured for {len(ladders)} groups, {total} rungs")
 
-    def plan_for(tau: float) -> tuple[Plan, dict[int, float]]:
+    def plan_for(tau: float) -> tuple[Plan, dict[int, str]]:
         keep: dict[int, np.ndarray] = {}
-        chosen: dict[int, float] = {}
+        chosen: dict[int, str] = {}
         for gid, ladder in ladders.items():
             ok = [i for i, d in enumerate(damage[gid]) if d <= tau]
             if ok:
@@ -334,11 +365,12 @@ def search(
                               samples=min(config.recover_options.samples, config.recovery_samples))
     steps: list[SearchStep] = []
     accepted: list[tuple[float, Plan]] = []
-    best: tuple[Plan, onnx.ModelProto, Fidelity, dict[int, float]] | None = None
+    best: tuple[Plan, onnx.ModelProto | None, Fidelity | None, dict[int, str]] | None = None
     finite = [d for ds in damage.values() for d in ds if np.isfinite(d) and d > 0]
     if not finite:
         return SearchResult(None, None, None, (), (), values, {}, damage, time.monotonic() - start)
     lo, hi = math.log(min(finite)) - 0.1, math.log(max(finite)) + 0.1
+    lo_start = lo
     bar = None
     if config.progress:
         from tqdm import tqdm
@@ -355,14 +387,18 @@ def search(
             if bar is not None:
                 bar.update(1)
             continue
-        pruned = recover(config.recover, model, apply_plan(model, plan), plan, calib, search_recovery, cache)
-        after = count_model(pruned)
+        rewritten = apply_plan(model, plan)
+        after = count_model(rewritten)
         macs_removed = 1.0 - after.macs / base.macs if base.macs else 0.0
         params_removed = 1.0 - after.params / base.params if base.params else 0.0
         if config.budget.kind == "target_macs":
+            # Only MACs decide here (recovery never changes them): the
+            # candidate is read without recovery; the chosen one is recovered below.
+            pruned = rewritten
             fid = evaluator(pruned)
             ok = macs_removed >= config.budget.value
         else:
+            pruned = recover(config.recover, model, rewritten, plan, calib, search_recovery, cache)
             fid = evaluator(pruned)
             ok = evaluator.meets(fid, config.budget)
         steps.append(SearchStep(math.exp(mid), macs_removed, params_removed, fid, ok))
@@ -390,7 +426,25 @@ def search(
     if best is None:
         return SearchResult(None, None, None, tuple(steps), (), values, {}, damage, seconds)
     plan, pruned, fid, chosen = best
-    # Less aggressive accepted plans, for the caller's held-out re-check.
-    order = sorted(accepted, key=lambda t: t[0], reverse=config.budget.kind != "target_macs")
-    fallbacks = tuple(p for _, p in order if p is not plan)
+    if config.budget.kind == "target_macs":
+        pruned = recover(config.recover, model, apply_plan(model, plan), plan, calib, search_recovery, cache)
+        fid = evaluator(pruned)
+    # Less aggressive plans, most pruned first, for the caller's held-out re-check:
+    # the accepted ones plus a geometric ladder of thresholds below the best
+    # (every one prunes no more than an accepted plan).
+    fallbacks: tuple[Plan, ...] = ()
+    if config.budget.kind != "target_macs":
+        best_log = max(t for t, p in accepted if p is plan)
+        low_log = min(t for t, _ in accepted)
+        fine = np.linspace(best_log, low_log, config.fallbacks + 2)[1:-1] if low_log < best_log else []
+        coarse = np.linspace(low_log, lo_start, 4)[1:-1]
+        ladder = [(t, plan_for(math.exp(t))[0]) for t in [*fine, *coarse]]
+        seen = {_plan_key(plan)}
+        merged = []
+        for _, candidate in sorted(accepted + ladder, key=lambda t: t[0], reverse=True):
+            key = _plan_key(candidate)
+            if candidate.keep and key not in seen:
+                seen.add(key)
+                merged.append(candidate)
+        fallbacks = tuple(merged)
     return SearchResult(plan, pruned, fid, tuple(steps), fallbacks, values, chosen, damage, seconds)
