@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from onnx_pfgdf.batch import dynamic_batch
 from onnx_pfgdf.count import count_model
 from onnx_pfgdf.data import Dataset
 
@@ -336,22 +337,11 @@ def _fixed_batch(model: onnx.ModelProto) -> int | None:
 def make_batch_dynamic(model: onnx.ModelProto, symbol: str = _BATCH_SYMBOL) -> onnx.ModelProto:
     """Copy of ``model`` whose graph inputs and outputs have a symbolic dim 0.
 
-    ``value_info`` is cleared (its batch-1 shapes would contradict).  Nothing
-    checks here that the graph really accepts another batch (a constant
-    ``Reshape`` target may not); run it to know.
+    See :func:`onnx_pfgdf.batch.dynamic_batch`; nothing checks here that the
+    graph really accepts another batch (a constant ``Reshape`` target may not):
+    run it to know.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    inits = {t.name for t in out.graph.initializer}
-    for vi in [*out.graph.input, *out.graph.output]:
-        if vi.name in inits or not vi.type.HasField("tensor_type"):
-            continue
-        shape = vi.type.tensor_type.shape
-        if len(shape.dim) >= 1:
-            shape.dim[0].Clear()
-            shape.dim[0].dim_param = symbol
-    del out.graph.value_info[:]
-    return out
+    return dynamic_batch(model, symbol)
 
 
 def _np_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
