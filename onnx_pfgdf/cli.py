@@ -29,6 +29,8 @@ from onnx_pfgdf.search import BUDGET_KINDS, Budget
 __all__ = ["main", "convert_and_prune", "build_parser"]
 
 PROG = "onnx-pfgdf"
+ROUND_TO_DEFAULT = 8
+"""Measured by ``benchmarks/bench_rounding.py`` (``benchmarks/results/rounding.md``)."""
 
 EXAMPLES = """examples:
   onnx-pfgdf analyze models/vgg16.onnx
@@ -92,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-keep", type=int, default=1, help="channels every group keeps at least (default: 1)")
     p.add_argument("--min-keep-fraction", type=float, default=0.0,
                    help="fraction of each group's channels kept at least (default: 0)")
-    p.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of N (default: 1)")
+    p.add_argument("--round-to", type=int, default=ROUND_TO_DEFAULT,
+                   help=f"keep channel counts of groups with >= 32 channels at multiples of N (default: {ROUND_TO_DEFAULT}, "
+                        "the best realized/ideal speedup measured in benchmarks/results/rounding.md)")
     p.add_argument("--recover", choices=sorted(RECOVERY), default=None,
                    help="training-free recovery (default: lsq with --calib, bias otherwise)")
     p.add_argument("--calib", metavar="NPZ", help="calibration data: .npz with arrays named after the inputs (optional 'labels')")

@@ -47,19 +47,22 @@ PLAN_VERSION = 1
 class KeepRule:
     """How many channels a group may keep at least.
 
-    ``n_keep`` is raised to ``max(min_keep, ceil(min_keep_fraction * C))`` and
-    rounded up to a multiple of ``round_to`` (never above ``C``).
+    ``n_keep`` is raised to ``max(min_keep, ceil(min_keep_fraction * C))`` and,
+    for groups of at least ``round_min_channels`` channels, rounded up to a
+    multiple of ``round_to`` (never above ``C``).  Narrow groups are not
+    rounded: a multiple of 8 would keep all of a 12-channel layer.
     """
 
     min_keep: int = 1
     min_keep_fraction: float = 0.0
     round_to: int = 1
+    round_min_channels: int = 32
 
     def apply(self, n_keep: int, channels: int) -> int:
         """The admissible keep count closest to ``n_keep`` from above."""
         floor = max(1, self.min_keep, math.ceil(self.min_keep_fraction * channels))
         n = max(n_keep, floor)
-        if self.round_to > 1:
+        if self.round_to > 1 and channels >= self.round_min_channels:
             n = math.ceil(n / self.round_to) * self.round_to
         return min(n, channels)
 

@@ -278,12 +278,18 @@ def test_keep_rule_min_keep_and_round_to() -> None:
     config = PruneConfig(recover="none", criterion=CriterionConfig("l1"), ratio=0.75, keep_rule=KeepRule(min_keep=6))
     plan = onnx_pfgdf.prune(case.model, config).plan.to_dict()
     assert {k: len(v["keep"]) for k, v in plan["layers"].items()} == {"c1": 6, "c2": 6, "c3": 6}
-    config = PruneConfig(recover="none", criterion=CriterionConfig("l1"), ratio=0.6, keep_rule=KeepRule(round_to=4))
+    config = PruneConfig(recover="none", criterion=CriterionConfig("l1"), ratio=0.6,
+                         keep_rule=KeepRule(round_to=4, round_min_channels=1))
     result = onnx_pfgdf.prune(case.model, config)
     plan = result.plan.to_dict()
     # 8 - round(4.8) = 3 -> 4; 16 - round(9.6) = 6 -> 8
     assert {k: len(v["keep"]) for k, v in plan["layers"].items()} == {"c1": 4, "c2": 4, "c3": 8}
     assert_equivalent(case.model, result.model, plan, samples=1)
+    # By default only groups of >= 32 channels are rounded: these narrow ones keep 3, 3, 6.
+    config = PruneConfig(recover="none", criterion=CriterionConfig("l1"), ratio=0.6, keep_rule=KeepRule(round_to=4))
+    plan = onnx_pfgdf.prune(case.model, config).plan.to_dict()
+    assert {k: len(v["keep"]) for k, v in plan["layers"].items()} == {"c1": 3, "c2": 3, "c3": 6}
+    assert KeepRule(round_to=8).apply(19, 64) == 24 and KeepRule(round_to=8).apply(19, 31) == 19
 
 
 # --------------------------------------------------------------------------- counts
