@@ -118,6 +118,19 @@ class PruneReport:
             lines += ["", f"Verification: {'passed' if v.get('passed') else 'FAILED'} "
                           f"(max relative error {float(v.get('max_rel_error', float('nan'))):.2e}, "
                           f"tolerance {float(v.get('tolerance', float('nan'))):.0e}, checker {v.get('checker')})"]
+        if self.stages:
+            lines += ["", f"## Accuracy and fidelity ({self.stages[0].get('data', '')})", ""]
+            rows = [["stage", "top-1 accuracy", "agreement with original", "relative L2 error"]]
+            for st in self.stages:
+                acc = st.get("accuracy")
+                rows.append([str(st["stage"]), "-" if acc is None else f"{100 * float(acc):.2f}%",
+                             f"{100 * float(st['agreement']):.2f}%", f"{float(st['rel_error']):.4f}"])
+            lines += _markdown_table(rows)
+        if self.search is not None:
+            steps = self.search.get("steps", [])
+            lines += ["", f"Automated search: {len(steps)} candidates evaluated in "
+                          f"{float(self.search.get('seconds', 0.0)):.0f} s, "
+                          f"{sum(1 for s in steps if s.get('accepted'))} within the budget."]
         lines += ["", "## Layers", ""]
         rows = [["layer", "op", "output channels", "kept", "MACs before", "MACs after"]]
         for r in self.layers:
