@@ -32,6 +32,17 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write as PNG and release ``fig``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 def plot_gaussian_fits(
     model_index: GraphIndex, analysis: ChannelAnalysis, plan: Plan, criterion: CriterionConfig, path: str | Path
 ) -> Path:
@@ -62,11 +73,7 @@ def plot_gaussian_fits(
         ax.tick_params(labelsize=6)
     axes.ravel()[0].legend(fontsize=6)
     fig.suptitle(f"filter statistic '{statistic}' per layer: Gaussian fit, kept (blue) and removed (red)")
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_search(result: SearchResult, path: str | Path) -> Path:
@@ -85,11 +92,7 @@ def plot_search(result: SearchResult, path: str | Path) -> Path:
     ax.set_title("budgeted search")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_kept_filters(analysis: ChannelAnalysis, plan: Plan, path: str | Path) -> Path:
@@ -106,11 +109,7 @@ def plot_kept_filters(analysis: ChannelAnalysis, plan: Plan, path: str | Path) -
     ax.set_xticks(xs, labels, rotation=90, fontsize=6)
     ax.set_ylabel("channels")
     ax.legend()
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def write_plots(
