@@ -171,6 +171,11 @@ def _criterion(args: argparse.Namespace, alpha: float | None = None) -> Criterio
     return CriterionConfig(args.criterion, args.statistic, args.side, alpha, args.seed)
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars on an interactive terminal only (not in logs or CI), never with --quiet."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _say(args: argparse.Namespace, text: str) -> None:
     if not args.quiet:
         print(text)
@@ -242,7 +247,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         budget=budget,
         time_limit=args.time_limit,
-        progress=not args.quiet,
+        progress=_progress(args),
     )
     if args.apply_plan:
         result = api.apply_plan(model, load_plan(args.apply_plan), config, calib, data)
@@ -302,7 +307,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = _dataset(args.data, model)
     if dataset.labels is None:
         raise BadInputError(f"{args.data} has no 'labels' array")
-    acc = top1_accuracy(model, dataset, batch_size=args.batch_size, progress=not args.quiet)
+    acc = top1_accuracy(model, dataset, batch_size=args.batch_size, progress=_progress(args))
     _say(args, f"top-1 accuracy: {100.0 * acc:.2f}% on {len(dataset)} samples ({args.data})")
     return 0
 
@@ -320,7 +325,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         data = data.take(args.limit)
     calib = _dataset(args.calib, floats[0]) if args.calib else None
     report = compare([(lab, m, p) for lab, m, p in zip(labels, floats, args.models)], data=data, calib=calib,
-                     int8=not args.no_int8, runs=args.runs, warmup=args.warmup, progress=not args.quiet)
+                     int8=not args.no_int8, runs=args.runs, warmup=args.warmup, progress=_progress(args))
     _say(args, render_table(report.rows_table()))
     for note in report.notes:
         _say(args, f"note: {note}")
