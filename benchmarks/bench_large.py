@@ -32,8 +32,6 @@ DEFAULT_OUT = HERE / "results" / "large_model"
 
 
 def _phases(name: str, simplify: bool) -> dict[str, object]:
-    import onnx
-
     from onnx_pfgdf.channels import analyze_channels
     from onnx_pfgdf.count import count_model
     from onnx_pfgdf.criteria import CriterionConfig

@@ -43,7 +43,7 @@ from onnx_pfgdf.evaluate import make_session
 from onnx_pfgdf.graph import GraphIndex, node_attr
 from onnx_pfgdf.plan import Plan
 
-__all__ = ["RecoverOptions", "RecoverFn", "RECOVERY", "recover", "with_outputs", "truncate", "Consumer", "consumers"]
+__all__ = ["RecoverOptions", "RecoverFn", "RECOVERY", "recover", "truncate", "Consumer", "consumers"]
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +111,6 @@ def consumers(plan: Plan, original: onnx.ModelProto) -> list[Consumer]:
         found[node.name] = Consumer(node.name, node.op_type, kept, np.setdiff1d(total, kept), kept_out)
     order = {n.name: i for i, n in enumerate(original.graph.node)}
     return sorted(found.values(), key=lambda c: order[c.node])
-
-
-def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the intermediate tensors ``names``."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    have = {o.name for o in out.graph.output}
-    infos = {vi.name: vi for vi in out.graph.value_info}
-    for name in names:
-        if name in have:
-            continue
-        if name in infos:
-            out.graph.output.append(infos[name])
-        else:
-            out.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-        have.add(name)
-    return out
 
 
 def truncate(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -206,7 +189,7 @@ def _set_array(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, value: n
     node.input[slot] = new
 
 
-def _conv_geometry(node: onnx.NodeProto, kernel: tuple[int, int]) -> tuple[list[int], list[int], list[int]]:
+def _conv_geometry(node: onnx.NodeProto) -> tuple[list[int], list[int], list[int]]:
     pads = list(node_attr(node, "pads", [0, 0, 0, 0]))
     strides = list(node_attr(node, "strides", [1, 1]))
     dilations = list(node_attr(node, "dilations", [1, 1]))
@@ -215,8 +198,7 @@ def _conv_geometry(node: onnx.NodeProto, kernel: tuple[int, int]) -> tuple[list[
     return pads, strides, dilations
 
 
-def _im2col(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int], out_hw: tuple[int, int],
-            rows: np.ndarray) -> np.ndarray:
+def _im2col(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int], rows: np.ndarray) -> np.ndarray:
     """Patches of ``x`` [N, C, H, W] at sampled output positions.
 
     Args:
@@ -225,7 +207,7 @@ def _im2col(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int], out_hw
     Returns:
         ``[R, C * kh * kw]`` in the weight's ``[C, kh, kw]`` flattening order.
     """
-    pads, strides, dil = _conv_geometry(node, kernel)
+    pads, strides, dil = _conv_geometry(node)
     kh, kw = kernel
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     ky = np.arange(kh) * dil[0]
@@ -299,9 +281,8 @@ def _weight_and_bias(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[np.n
     return np.array(w), (None if b is None else np.array(b))
 
 
-def _bn_channel_means(original: onnx.ModelProto, tensor: str) -> np.ndarray | None:
+def _bn_channel_means(index: GraphIndex, tensor: str) -> np.ndarray | None:
     """E[x_c] of ``tensor`` from the BatchNormalization upstream of it (no data)."""
-    index = GraphIndex(original)
     relu = False
     cur = tensor
     for _ in range(16):
@@ -348,7 +329,7 @@ def _bias(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: 
         x_name = node_o.input[0]
         mean = means.get(x_name)
         if mean is None:
-            mean = _bn_channel_means(original, x_name)
+            mean = _bn_channel_means(index_o, x_name)
             if mean is not None and c.op_type != "Conv":
                 block = index_o.constant(node_o.input[1]).shape[0 if c.op_type == "MatMul" or not int(node_attr(node_o, "transB", 0)) else 1] // mean.size
                 mean = np.repeat(mean, max(block, 1))
@@ -417,7 +398,7 @@ def _lsq(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: D
             if group != 1:
                 continue
             kernel = (w.shape[2], w.shape[3])
-            a = _im2col(x, node_p, kernel, (0, 0), rows[c.node])
+            a = _im2col(x, node_p, kernel, rows[c.node])
             w0 = w.reshape(w.shape[0], -1).T
         else:
             trans_b = int(node_attr(node_p, "transB", 0))
