@@ -170,6 +170,7 @@ def _layer_rows(
                 macs_after=post.macs if post else None,
                 fit=fit,
                 channels=group.channels if group is not None else None,
+                blocks=group.blocks if group is not None else 1,
             )
         )
     return tuple(rows)

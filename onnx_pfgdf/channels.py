@@ -96,6 +96,10 @@ class Group:
         members: the producers whose filters are these channels.
         tensors: tensors whose layout mentions this group.
         frozen: reasons this group cannot be pruned; empty when it can.
+        blocks: the channels form this many equal contiguous blocks, each of
+            which must keep the same number of channels (a grouped Conv's
+            ``group`` — its input or its output — keeps its channel count
+            divisible by the group).  1 when unconstrained.
     """
 
     id: int
@@ -103,11 +107,12 @@ class Group:
     members: tuple[Member, ...]
     tensors: tuple[str, ...]
     frozen: tuple[str, ...]
+    blocks: int = 1
 
     @property
     def prunable(self) -> bool:
         """True when the group may lose channels."""
-        return not self.frozen and self.channels > 1 and bool(self.members)
+        return not self.frozen and self.channels > self.blocks and bool(self.members)
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,10 @@ class SliceEdit:
 
     The kept positions are those of ``layout``.  ``contracting`` marks input
     channel slices of Conv/ConvTranspose/Gemm/MatMul: the masked original zeroes
-    exactly those weights for the removed channels.
+    exactly those weights for the removed channels.  ``groups > 1`` marks the
+    input-channel slice of a grouped Conv: the weight's axis 1 holds the
+    ``C / groups`` channels of one block, and the rows of block ``b`` keep the
+    kept channels of input block ``b`` (every block keeps the same number).
     """
 
     node: str
@@ -124,6 +132,7 @@ class SliceEdit:
     axis: int
     layout: Layout
     contracting: bool = False
+    groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -213,17 +222,26 @@ class _State:
     size: list[int] = field(default_factory=list)
     members: list[list[Member]] = field(default_factory=list)
     frozen: list[list[str]] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
     layouts: dict[str, Layout] = field(default_factory=dict)
     edits: list[SliceEdit] = field(default_factory=list)
     attr_edits: list[AttrEdit] = field(default_factory=list)
 
-    def new_group(self, channels: int, member: Member | None = None, frozen: str | None = None) -> int:
+    def new_group(
+        self, channels: int, member: Member | None = None, frozen: str | None = None, blocks: int = 1
+    ) -> int:
         gid = len(self.parent)
         self.parent.append(gid)
         self.size.append(channels)
         self.members.append([member] if member else [])
         self.frozen.append([frozen] if frozen else [])
+        self.blocks.append(blocks)
         return gid
+
+    def require_blocks(self, gid: int, blocks: int) -> None:
+        """Every one of ``blocks`` equal blocks of the group must keep as many channels."""
+        root = self.find(gid)
+        self.blocks[root] = math.lcm(self.blocks[root], blocks)
 
     def find(self, gid: int) -> int:
         while self.parent[gid] != gid:
@@ -240,6 +258,7 @@ class _State:
         self.parent[rb] = ra
         self.members[ra].extend(self.members[rb])
         self.frozen[ra].extend(self.frozen[rb])
+        self.blocks[ra] = math.lcm(self.blocks[ra], self.blocks[rb])
 
     def freeze(self, layouts: Iterable[Layout], reason: str) -> None:
         for layout in layouts:
@@ -254,8 +273,10 @@ class _State:
     def input_layouts(self, node: onnx.NodeProto) -> list[Layout]:
         return [self.layouts[t] for t in node.input if t in self.layouts]
 
-    def fresh(self, tensor: str, channels: int, member: Member | None = None, frozen: str | None = None) -> Layout:
-        layout = (Segment(self.new_group(channels, member, frozen), 0, channels),)
+    def fresh(
+        self, tensor: str, channels: int, member: Member | None = None, frozen: str | None = None, blocks: int = 1
+    ) -> Layout:
+        layout = (Segment(self.new_group(channels, member, frozen, blocks), 0, channels),)
         self.layouts[tensor] = layout
         return layout
 
@@ -468,13 +489,35 @@ def _conv(st: _State, node: onnx.NodeProto) -> None:
         return
     if cin_g == 1 and m == group and layout is None:
         reason = f"{_where(node)} is depthwise over channels an earlier op froze"
-    else:
-        reason = (
-            f"{_where(node)} is a grouped convolution (group={group}); not supported: each of its "
-            f"{group} channel blocks would need the same number of channels removed"
-        )
-    st.freeze([layout] if layout else [], reason)
-    st.fresh(node.output[0], m, frozen=reason)
+        st.fresh(node.output[0], m, frozen=reason)
+        return
+    _grouped_conv(st, node, layout, m, group)
+
+
+def _grouped_conv(st: _State, node: onnx.NodeProto, layout: Layout | None, m: int, group: int) -> None:
+    """Conv with ``1 < group``: block ``b`` of the outputs reads block ``b`` of the inputs.
+
+    ``group`` stays; both the input and the output channels are split into
+    ``group`` blocks that must each keep the same number of channels.  The
+    input may be pruned only when it is one whole group (not a concatenation).
+    """
+    if m % group:
+        reason = f"{_where(node)} has {m} filters, not a multiple of group={group}"
+        st.freeze([layout] if layout else [], reason)
+        st.fresh(node.output[0], m, frozen=reason)
+        return
+    if layout is not None:
+        seg = layout[0]
+        if len(layout) == 1 and seg.start == 0 and seg.block == 1 and st.size[seg.group] == seg.length:
+            st.require_blocks(seg.group, group)
+            st.edits.append(SliceEdit(node.name, 1, 1, layout, contracting=True, groups=group))
+        else:
+            st.freeze([layout], f"{_where(node)} (group={group}) reads a concatenation of channel groups")
+    member = Member(node.name, node.op_type, node.output[0], node.input[1], 0)
+    out = st.fresh(node.output[0], m, member, blocks=group)
+    st.edits.append(SliceEdit(node.name, 1, 0, out))
+    if len(node.input) > 2 and node.input[2]:
+        st.edits.append(SliceEdit(node.name, 2, 0, out))
 
 
 def _conv_transpose(st: _State, node: onnx.NodeProto) -> None:
@@ -701,21 +744,32 @@ def _split(st: _State, node: onnx.NodeProto) -> None:
 
 
 def _slice(st: _State, node: onnx.NodeProto) -> None:
-    """Slice with constant bounds; on the channel axis only whole segments, step 1."""
+    """Slice with constant bounds; on the channel axis only whole segments, step 1.
+
+    Slice-1 (opset < 10) holds its bounds in attributes, which the rewrite does
+    not edit: there the channels in front of a bound stay (a negative bound,
+    counted from the end, freezes the whole tensor).
+    """
     layout = st.layout(node.input[0])
     if layout is None:
         return
     in_shape = st.index.shape(node.input[0])
-    consts = [st.index.constant(t) if t else None for t in node.input[1:5]]
-    if len(node.input) < 3 or in_shape is None or any(
-        c is None for c, t in zip(consts, node.input[1:5], strict=False) if t
-    ):
-        st.freeze([layout], f"{_where(node)} has bounds that are not constant inputs")
-        return
-    starts, ends = (np.ravel(consts[0]).tolist(), np.ravel(consts[1]).tolist())
+    attr_starts = node_attr(node, "starts")
+    if attr_starts is not None and in_shape is not None:
+        starts, ends = list(attr_starts), list(node_attr(node, "ends", []))
+        axes = list(node_attr(node, "axes", range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        consts = [st.index.constant(t) if t else None for t in node.input[1:5]]
+        if len(node.input) < 3 or in_shape is None or any(
+            c is None for c, t in zip(consts, node.input[1:5], strict=False) if t
+        ):
+            st.freeze([layout], f"{_where(node)} has bounds that are not constant inputs")
+            return
+        starts, ends = (np.ravel(consts[0]).tolist(), np.ravel(consts[1]).tolist())
+        axes = np.ravel(consts[2]).tolist() if len(consts) > 2 and consts[2] is not None else list(range(len(starts)))
+        steps = np.ravel(consts[3]).tolist() if len(consts) > 3 and consts[3] is not None else [1] * len(starts)
     rank = len(in_shape)
-    axes = np.ravel(consts[2]).tolist() if len(consts) > 2 and consts[2] is not None else list(range(len(starts)))
-    steps = np.ravel(consts[3]).tolist() if len(consts) > 3 and consts[3] is not None else [1] * len(starts)
     axes = [int(a) % rank for a in axes]
     if 1 not in axes:
         st.layouts[node.output[0]] = layout
@@ -726,6 +780,14 @@ def _slice(st: _State, node: onnx.NodeProto) -> None:
     points = _cut_points(layout)
     if steps[i] != 1 or begin not in points or end not in points or begin >= end:
         st.freeze([layout], f"{_where(node)} slices a group's channels mid-way or with a step")
+        return
+    if attr_starts is not None:
+        reason = f"{_where(node)} keeps its channel bounds in attributes (opset < 10)"
+        if int(starts[i]) < 0 or int(ends[i]) < 0:
+            st.freeze([layout], f"{reason}, counted from the end")
+            return
+        st.freeze([_sub_layout(layout, 0, end if end < size else begin)], f"{reason}: channels in front of them stay")
+        st.layouts[node.output[0]] = _sub_layout(layout, begin, end)
         return
     st.attr_edits.append(AttrEdit(node.name, "starts", _sub_layout(layout, 0, begin), i))
     st.attr_edits.append(AttrEdit(node.name, "ends", _sub_layout(layout, 0, end), i))
@@ -826,17 +888,23 @@ def _finish(st: _State) -> ChannelAnalysis:
         root = st.find(gid)
         if root in groups:
             continue
+        frozen = list(st.frozen[root])
+        if 1 < st.blocks[root] == st.size[root] and st.members[root] and not frozen:
+            frozen.append(
+                f"a grouped convolution splits these {st.size[root]} channels into groups of one channel each"
+            )
         groups[root] = Group(
             id=root,
             channels=st.size[root],
             members=tuple(st.members[root]),
             tensors=tuple(tensors.get(root, ())),
-            frozen=tuple(st.frozen[root]),
+            frozen=tuple(frozen),
+            blocks=st.blocks[root],
         )
 
     def rooted(layout: Layout) -> Layout:
         return tuple(Segment(st.find(s.group), s.start, s.length, s.block) for s in layout)
 
-    edits = tuple(SliceEdit(e.node, e.slot, e.axis, rooted(e.layout), e.contracting) for e in st.edits)
+    edits = tuple(SliceEdit(e.node, e.slot, e.axis, rooted(e.layout), e.contracting, e.groups) for e in st.edits)
     attr_edits = tuple(AttrEdit(e.node, e.kind, rooted(e.layout), e.index) for e in st.attr_edits)
     return ChannelAnalysis(groups=groups, layouts=root_layouts, edits=edits, attr_edits=attr_edits)

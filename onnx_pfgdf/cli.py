@@ -208,7 +208,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     report = analysis.report
     rows = [["layer", "op", "group", "prunable", "filters", "params", "MACs", "Gaussian fit (statistic)"]]
     for r in report.layers:
-        rows.append([r.output, r.op_type, str(r.group if r.group is not None else "-"), "yes" if r.prunable else "no",
+        prunable = ("yes" if r.prunable else "no") + (f" ({r.blocks} equal blocks)" if r.prunable and r.blocks > 1 else "")
+        rows.append([r.output, r.op_type, str(r.group if r.group is not None else "-"), prunable,
                      str(r.filters), f"{r.params:,}", f"{r.macs:,}", _fmt_fit(r.fit)])
     _say(args, render_table(rows))
     c = report.count

@@ -58,12 +58,19 @@ class KeepRule:
     round_to: int = 1
     round_min_channels: int = 32
 
-    def apply(self, n_keep: int, channels: int) -> int:
-        """The admissible keep count closest to ``n_keep`` from above."""
+    def apply(self, n_keep: int, channels: int, blocks: int = 1) -> int:
+        """The admissible keep count closest to ``n_keep`` from above.
+
+        With ``blocks > 1`` (a group feeding or made by a grouped Conv) the
+        count is also a multiple of ``blocks``, so every block keeps as many
+        channels, and at least one each.
+        """
         floor = max(1, self.min_keep, math.ceil(self.min_keep_fraction * channels))
         n = max(n_keep, floor)
+        step = blocks
         if self.round_to > 1 and channels >= self.round_min_channels:
-            n = math.ceil(n / self.round_to) * self.round_to
+            step = math.lcm(step, self.round_to)
+        n = math.ceil(n / step) * step
         return min(n, channels)
 
 
@@ -164,15 +171,35 @@ def select_plan(
             n_keep = c - int(np.count_nonzero(score.insignificant))
         else:
             raise ValueError("select_plan needs a ratio or scores computed with an alpha")
-        n_keep = keep_rule.apply(n_keep, c)
+        n_keep = keep_rule.apply(n_keep, c, group.blocks)
         if n_keep >= c:
             continue
-        if ratio is None and score.insignificant is not None and n_keep == c - np.count_nonzero(score.insignificant):
-            kept = np.flatnonzero(~score.insignificant).astype(np.int64)
+        marked = None if ratio is not None or score.insignificant is None else np.flatnonzero(~score.insignificant)
+        if marked is not None and marked.size == n_keep and _blocks_balanced(marked, c, group.blocks):
+            kept = marked.astype(np.int64)
         else:
-            kept = select_keep(score.importance, n_keep)
+            kept = _select_in_blocks(score.importance, n_keep, group.blocks)
         keep[gid] = kept
     return Plan(keep=keep, analysis=analysis)
+
+
+def _block_counts(kept: np.ndarray, channels: int, blocks: int) -> np.ndarray:
+    """How many of ``kept`` fall in each of ``blocks`` equal blocks of ``channels``."""
+    return np.bincount(np.asarray(kept, dtype=np.int64) // (channels // blocks), minlength=blocks)
+
+
+def _blocks_balanced(kept: np.ndarray, channels: int, blocks: int) -> bool:
+    counts = _block_counts(kept, channels, blocks)
+    return bool(np.all(counts == counts[0]) and counts[0] > 0)
+
+
+def _select_in_blocks(importance: np.ndarray, n_keep: int, blocks: int) -> np.ndarray:
+    """The ``n_keep / blocks`` most important channels of every block (all when ``blocks == 1``)."""
+    if blocks == 1:
+        return select_keep(importance, n_keep)
+    width = importance.size // blocks
+    parts = [b * width + select_keep(importance[b * width:(b + 1) * width], n_keep // blocks) for b in range(blocks)]
+    return np.concatenate(parts).astype(np.int64)
 
 
 def plan_from_dict(data: Mapping[str, object], analysis: ChannelAnalysis) -> Plan:
@@ -209,6 +236,11 @@ def plan_from_dict(data: Mapping[str, object], analysis: ChannelAnalysis) -> Pla
             raise BadInputError(f"plan layer '{tensor}' has a malformed 'keep' list") from None
         if kept.size == 0 or kept[0] < 0 or kept[-1] >= group.channels:
             raise BadInputError(f"plan layer '{tensor}' keeps channels outside 0..{group.channels - 1} or none")
+        if group.blocks > 1 and not _blocks_balanced(kept, group.channels, group.blocks):
+            raise BadInputError(
+                f"plan layer '{tensor}' must keep the same number of channels in each of its "
+                f"{group.blocks} blocks (grouped convolution)"
+            )
         if group.id in keep and not np.array_equal(keep[group.id], kept):
             raise BadInputError(f"plan layer '{tensor}' disagrees with a layer it is coupled to")
         keep[group.id] = kept

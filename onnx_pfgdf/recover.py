@@ -1,7 +1,8 @@
 """Training-free recovery applied after the rewrite (registry of methods).
 
 Every method works on the *contracting consumers* of removed channels (Conv
-with ``group=1``, Gemm, MatMul): the layers whose sums lost terms.
+with ``group=1``, Gemm, MatMul): the layers whose sums lost terms.  A grouped
+Conv (``1 < group``) that loses input channels is left as pruned.
 
 * ``none`` — the rewritten model unchanged (what verification checks).
 * ``bias`` — fold the expected contribution of the removed input channels into
@@ -97,7 +98,7 @@ def consumers(plan: Plan, original: onnx.ModelProto) -> list[Consumer]:
     by_name = {n.name: n for n in original.graph.node}
     found: dict[str, Consumer] = {}
     for edit in plan.analysis.edits:
-        if not edit.contracting or not any(s.group in plan.keep for s in edit.layout):
+        if not edit.contracting or edit.groups > 1 or not any(s.group in plan.keep for s in edit.layout):
             continue
         node = by_name[edit.node]
         if node.op_type not in ("Conv", "Gemm", "MatMul"):

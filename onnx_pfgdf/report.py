@@ -18,7 +18,11 @@ __all__ = ["LayerRow", "FrozenGroup", "AnalyzeReport", "PruneReport", "render_ta
 
 @dataclass(frozen=True)
 class LayerRow:
-    """One Conv/ConvTranspose/Gemm/MatMul layer before (and after) pruning."""
+    """One Conv/ConvTranspose/Gemm/MatMul layer before (and after) pruning.
+
+    ``blocks > 1``: the layer's group feeds or is made by a grouped Conv, so
+    each of ``blocks`` equal blocks of its channels keeps as many.
+    """
 
     node: str
     op_type: str
@@ -33,6 +37,7 @@ class LayerRow:
     macs_after: int | None = None
     fit: Mapping[str, float] | None = None
     channels: int | None = None
+    blocks: int = 1
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view."""

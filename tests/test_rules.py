@@ -137,16 +137,67 @@ def test_matmul_on_a_rank4_tensor_freezes() -> None:
 # --------------------------------------------------------------------------- convolutions
 
 
-def test_grouped_conv_freezes_both_sides() -> None:
-    """x -> Conv c1(3->8) -> Relu -> Conv gc(8->8, group=2) -> Relu -> Conv c3(8->6) -> Relu -> head."""
+def _block_counts(result: PruneResult, output: str, blocks: int) -> list[int]:
+    group = result.plan.analysis.group_of_output(output)
+    kept = result.plan.keep[group.id]
+    return np.bincount(kept // (group.channels // blocks), minlength=blocks).tolist()
+
+
+def test_grouped_conv_prunes_equal_blocks_on_both_sides() -> None:
+    """x -> Conv c1(3->8) -> Relu -> Conv gc(8->8, group=2) -> Relu -> Conv c3(8->6) -> Relu -> head.
+
+    c1 (read in 2 blocks) and gc (made in 2 blocks) each keep 2 + 2; the
+    weight of gc keeps, per block of rows, that block's kept input channels.
+    """
     g = GraphBuilder(14)
     h = g.relu(g.conv("x", 3, 8, "c1"))
     h = g.relu(g.conv(h, 8, 8, "gc", group=2))
     g.head(g.relu(g.conv(h, 8, 6, "c3")), 6)
     result = prune(g.model(Y))
-    assert_frozen(result, "c1", "grouped convolution (group=2)")
-    assert_frozen(result, "gc", "grouped convolution (group=2)")
-    assert_pruned(result, "c3")
+    assert_pruned(result, "c1", "gc", "c3")
+    assert _block_counts(result, "c1", 2) == [2, 2]
+    assert _block_counts(result, "gc", 2) == [2, 2]
+    gc = next(n for n in result.model.graph.node if n.output[0] == "gc")
+    weight = next(t for t in result.model.graph.initializer if t.name == gc.input[1])
+    assert list(weight.dims) == [4, 2, 3, 3]
+    assert helper.get_attribute_value(next(a for a in gc.attribute if a.name == "group")) == 2
+
+
+def test_grouped_conv_reading_a_concat_freezes() -> None:
+    """Concat(a[4], b[4]) -> Conv gc(8->8, group=2): the blocks would have to follow the concat."""
+    g = GraphBuilder(15)
+    h = _two_branches(g)
+    g.head(g.relu(g.conv(h, 8, 8, "gc", group=2)), 8)
+    result = prune(g.model(Y))
+    assert_frozen(result, "a", "(group=2) reads a concatenation")
+    assert_pruned(result, "gc")
+
+
+def test_depthwise_with_multiplier_keeps_its_inputs() -> None:
+    """Conv c1(3->4) -> Conv dw(4->8, group=4): one input channel per group, two filters each."""
+    g = GraphBuilder(16)
+    h = g.relu(g.conv("x", 3, 4, "c1"))
+    g.head(g.relu(g.conv(h, 4, 8, "dw", group=4)), 8)
+    result = prune(g.model(Y))
+    assert_frozen(result, "c1", "groups of one channel")
+    assert_pruned(result, "dw")
+    assert _block_counts(result, "dw", 4) == [1, 1, 1, 1]
+
+
+def test_plan_with_unequal_blocks_is_refused() -> None:
+    g = GraphBuilder(14)
+    h = g.relu(g.conv("x", 3, 8, "c1"))
+    h = g.relu(g.conv(h, 8, 8, "gc", group=2))
+    g.head(g.relu(g.conv(h, 8, 6, "c3")), 6)
+    model = g.model(Y)
+    config = PruneConfig(criterion=CriterionConfig("l1"), load=LoadOptions(simplify=False))
+    plan = {"format": "onnx-pfgdf-plan", "version": 1,
+            "layers": {"c1": {"node": "Conv_c1", "filters": 8, "keep": [0, 1, 2, 4]}}}
+    with pytest.raises(onnx_pfgdf.BadInputError, match="same number of channels in each of its 2 blocks"):
+        onnx_pfgdf.apply_plan(model, plan, config)
+    plan["layers"]["c1"]["keep"] = [0, 1, 4, 7]
+    result = onnx_pfgdf.apply_plan(model, plan, config)
+    assert result.verification is not None and result.verification.passed
 
 
 # --------------------------------------------------------------------------- split / slice
