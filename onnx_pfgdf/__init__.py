@@ -8,13 +8,14 @@ baselines) -> ``plan`` (which channels stay) -> ``rewrite`` (apply) ->
 
 from onnx_pfgdf.api import Analysis, PruneConfig, PruneResult, analyze, apply_plan, prune, verify
 from onnx_pfgdf.criteria import CriterionConfig
-from onnx_pfgdf.errors import BadInputError, PfgdfError, VerificationError
+from onnx_pfgdf.errors import BadInputError, NothingToPruneError, PfgdfError, VerificationError
 from onnx_pfgdf.io import LoadOptions
 from onnx_pfgdf.plan import KeepRule, Plan
 
 __all__ = [
     "Analysis",
     "BadInputError",
+    "NothingToPruneError",
     "CriterionConfig",
     "KeepRule",
     "LoadOptions",

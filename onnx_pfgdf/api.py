@@ -22,7 +22,7 @@ import onnx
 from onnx_pfgdf.channels import ChannelAnalysis, analyze_channels
 from onnx_pfgdf.count import ModelCount, count_model, reduction
 from onnx_pfgdf.criteria import CriterionConfig
-from onnx_pfgdf.errors import BadInputError, BudgetError, VerificationError
+from onnx_pfgdf.errors import BadInputError, BudgetError, NothingToPruneError, VerificationError
 from onnx_pfgdf.graph import GraphIndex
 from onnx_pfgdf.io import LoadOptions, normalize
 from onnx_pfgdf.plan import GroupScore, KeepRule, Plan, plan_from_dict, score_groups, select_plan
@@ -206,6 +206,18 @@ def analyze(
     return Analysis(normalized, channels, count, scores, report)
 
 
+def _require_prunable(analysis: Analysis) -> None:
+    """Refuse a model in which no group may lose channels, naming the first reason."""
+    if analysis.channels.prunable_groups():
+        return
+    frozen = analysis.channels.frozen_groups()
+    first = next((g.frozen[0] for g in frozen if g.members), "no layer owns filters")
+    raise NothingToPruneError(
+        f"nothing to prune: all {len(frozen)} channel groups are frozen (first: {first}); "
+        "'onnx-pfgdf analyze' lists every reason"
+    )
+
+
 def _recovery_method(config: PruneConfig, calib: Dataset | None) -> str:
     method = config.recover or ("lsq" if calib is not None else "bias")
     if method not in RECOVERY:
@@ -335,6 +347,7 @@ def prune(
 
     Raises:
         BadInputError: unusable model, data or settings.
+        NothingToPruneError: no Conv, or every channel group is frozen.
         VerificationError: the rewrite does not match the masked original.
         BudgetError: no pruned model meets the budget.
     """
@@ -348,6 +361,7 @@ def prune(
         analysis = analyze(model, config.load, criterion)
     except ValueError as exc:
         raise BadInputError(str(exc).splitlines()[0]) from None
+    _require_prunable(analysis)
     try:
         plan = select_plan(analysis.channels, analysis.scores, ratio=config.ratio, keep_rule=config.keep_rule)
     except ValueError as exc:
@@ -369,6 +383,7 @@ def _prune_budgeted(
     if budget.needs_labels() and search_data.labels is None:
         raise BadInputError("the --max-drop budget needs labelled data (--data, or --calib with 'labels')")
     analysis = analyze(model, config.load, config.criterion)
+    _require_prunable(analysis)
     method = _recovery_method(config, calib)
     scfg = SearchConfig(
         budget=budget,

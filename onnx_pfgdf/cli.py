@@ -19,7 +19,7 @@ import onnx
 from onnx_pfgdf import api
 from onnx_pfgdf.data import Dataset, load_npz
 from onnx_pfgdf.criteria import CRITERIA, SIDES, STATISTICS, CriterionConfig
-from onnx_pfgdf.errors import BadInputError, PfgdfError
+from onnx_pfgdf.errors import BadInputError, NothingToPruneError, PfgdfError
 from onnx_pfgdf.io import LoadOptions, parse_input_shape, read_model, write_model
 from onnx_pfgdf.plan import KeepRule, load_plan
 from onnx_pfgdf.recover import RECOVERY
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-md", metavar="PATH", help="write the report as markdown")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots (Gaussian fits, kept filters, search curve) to DIR")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed; write nothing")
+    p.add_argument("--allow-unchanged", action="store_true",
+                   help="when nothing can be pruned (no Conv, or every group frozen), write the model "
+                        "unchanged and exit 0 instead of failing")
 
     p = sub.add_parser("verify", parents=[common], help="check a pruned model against the masked original")
     p.add_argument("original")
@@ -250,10 +253,18 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         time_limit=args.time_limit,
         progress=_progress(args),
     )
-    if args.apply_plan:
-        result = api.apply_plan(model, load_plan(args.apply_plan), config, calib, data)
-    else:
-        result = api.prune(model, config, calib, data)
+    try:
+        if args.apply_plan:
+            result = api.apply_plan(model, load_plan(args.apply_plan), config, calib, data)
+        else:
+            result = api.prune(model, config, calib, data)
+    except NothingToPruneError as exc:
+        if not args.allow_unchanged:
+            raise
+        if not args.dry_run:
+            write_model(model, args.output, input_path=args.model)
+        _say(args, f"{exc}; " + ("dry run: nothing written" if args.dry_run else f"wrote the model unchanged to {args.output}"))
+        return 0
     report = result.report
     _say(args, render_table(report.summary_rows()))
     if report.stages:

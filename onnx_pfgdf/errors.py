@@ -7,7 +7,7 @@ means the tool produced something it refuses to write.
 
 from __future__ import annotations
 
-__all__ = ["PfgdfError", "BadInputError", "VerificationError", "BudgetError"]
+__all__ = ["PfgdfError", "BadInputError", "NothingToPruneError", "VerificationError", "BudgetError"]
 
 
 class PfgdfError(Exception):
@@ -20,6 +20,13 @@ class BadInputError(PfgdfError):
     """The input model, data, plan or option cannot be used (exit code 2)."""
 
     exit_code = 2
+
+
+class NothingToPruneError(BadInputError):
+    """The model has no layer that may lose filters: no Conv, or every group is frozen (exit code 2).
+
+    The CLI's ``prune --allow-unchanged`` writes the model unchanged and exits 0 instead.
+    """
 
 
 class VerificationError(PfgdfError):

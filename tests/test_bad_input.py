@@ -243,3 +243,26 @@ def test_side_output_in_missing_directory_writes_nothing(tmp_path, capsys, listi
     argv = ["prune", str(vgg_file), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.5", "--criterion", "l1",
             flag, str(tmp_path / "no_such_dir" / "side.json")]
     assert_refused(argv, capsys, listing, "no_such_dir")
+
+
+def conv_then_lrn() -> bytes:
+    """x -> Conv -> LRN -> y: a Conv, but its only group is frozen by LRN."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("LRN", ["h"], ["y"], name="lrn", size=3),
+    ]
+    return _model(nodes, [numpy_helper.from_array(_weight(), "w")], [1, 4, 8, 8]).SerializeToString()
+
+
+@pytest.mark.parametrize("make, word", [(no_conv, "no Conv layer"), (conv_then_lrn, "LRN")])
+def test_nothing_to_prune_is_refused_unless_allowed(tmp_path, capsys, listing, make, word) -> None:
+    """Nothing prunable: exit 2 naming why; with --allow-unchanged: exit 0 and the model as it was."""
+    src = tmp_path / "m.onnx"
+    src.write_bytes(make())
+    out = tmp_path / "out.onnx"
+    line = assert_refused(["prune", str(src), "-o", str(out), "--ratio", "0.5"], capsys, listing, word)
+    assert "nothing to prune" in line or "no Conv" in line
+    assert run_cli(["prune", str(src), "-o", str(out), "--ratio", "0.5", "--allow-unchanged"]) == 0
+    assert "unchanged" in capsys.readouterr().out
+    assert onnx.load(out).graph == onnx.load(src).graph
+    assert src.read_bytes() == make()

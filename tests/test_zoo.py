@@ -99,3 +99,26 @@ def test_zoo_model_prunes_and_verifies(name: str) -> None:
     if min_macs is not None:
         assert result.report.reduction["macs"] >= min_macs, result.report.reduction
         assert result.plan.keep, "nothing was pruned"
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in ZOO_MODELS]
+)
+def test_zoo_model_analyze_table(name: str, tmp_path, capsys) -> None:
+    """``onnx-pfgdf analyze`` prints one row per layer and every frozen group with its reason."""
+    import onnx
+
+    from onnx_pfgdf.cli import main
+
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(load_zoo(name), path)
+    assert main(["analyze", str(path), "--no-simplify"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["layer", "op", "group", "prunable"]
+    analysis = onnx_pfgdf.analyze(load_zoo(name), LoadOptions(simplify=False)).report
+    rows = [line for line in lines[2:] if line.strip() and not line.startswith("total")][: len(analysis.layers)]
+    assert [row.split()[0] for row in rows] == [layer.output for layer in analysis.layers]
+    assert f"{analysis.prunable_groups} prunable groups, {len(analysis.frozen)} frozen" in out
+    for frozen in analysis.frozen:
+        assert frozen.reasons[0] in out
