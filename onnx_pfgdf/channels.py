@@ -224,6 +224,7 @@ class _State:
     frozen: list[list[str]] = field(default_factory=list)
     blocks: list[int] = field(default_factory=list)
     layouts: dict[str, Layout] = field(default_factory=dict)
+    last: dict[str, Layout] = field(default_factory=dict)
     edits: list[SliceEdit] = field(default_factory=list)
     attr_edits: list[AttrEdit] = field(default_factory=list)
 
@@ -582,8 +583,32 @@ def _flatten_layout(st: _State, node: onnx.NodeProto, layout: Layout) -> Layout 
     return tuple(Segment(s.group, s.start, s.length, s.block * spatial) for s in layout)
 
 
+def _channels_last_flat(st: _State, node: onnx.NodeProto) -> Layout | None:
+    """Layout of ``[N, H, W, C] -> [N, H*W*C]``: the channel layout repeated H*W times.
+
+    None when the node's input is not channels-last; freezes when it is but
+    the output is not that flattening.
+    """
+    layout = st.last.get(node.input[0])
+    if layout is None:
+        return None
+    in_shape, out_shape = st.index.shape(node.input[0]), st.index.shape(node.output[0])
+    if (
+        in_shape is None or out_shape is None or len(out_shape) != 2 or out_shape[0] != in_shape[0]
+        or out_shape[1] != math.prod(in_shape[1:]) or (node.op_type == "Flatten" and int(node_attr(node, "axis", 1)) != 1)
+    ):
+        st.freeze([layout], f"{_where(node)} reshapes channels-last features other than to [N, H*W*C]")
+        return None
+    return tuple(layout) * math.prod(in_shape[1:-1])
+
+
 def _flatten(st: _State, node: onnx.NodeProto) -> None:
-    """Flatten(axis=1): each channel becomes a block of H*W features."""
+    """Flatten(axis=1): each channel becomes a block of H*W features (channels-last: interleaved)."""
+    if node.input[0] in st.last:
+        flat = _channels_last_flat(st, node)
+        if flat is not None:
+            st.layouts[node.output[0]] = flat
+        return
     layout = st.layout(node.input[0])
     if layout is None:
         return
@@ -597,7 +622,16 @@ def _flatten(st: _State, node: onnx.NodeProto) -> None:
 
 
 def _reshape(st: _State, node: onnx.NodeProto) -> None:
-    """Reshape that flattens [N,C,...] to [N,F], or keeps N and C in place."""
+    """Reshape that flattens [N,C,...] (or channels-last [N,...,C]) to [N,F], or keeps N and C in place."""
+    if node.input[0] in st.last:
+        if not st.index.is_constant(node.input[1]) or int(node_attr(node, "allowzero", 0)):
+            st.freeze([st.last[node.input[0]]], f"{_where(node)} has a shape that is not a known constant")
+            return
+        flat = _channels_last_flat(st, node)
+        if flat is not None:
+            st.attr_edits.append(AttrEdit(node.name, "reshape", flat))
+            st.layouts[node.output[0]] = flat
+        return
     layout = st.layout(node.input[0])
     if layout is None:
         return
@@ -657,18 +691,35 @@ class _Refusal:
 
 
 def _transpose(st: _State, node: onnx.NodeProto) -> None:
-    """Transpose passes channels through only when it keeps axes 0 and 1 in place."""
+    """Transpose keeping axes 0 and 1 passes channels through; NCHW -> NHWC moves them last.
+
+    A channels-last tensor (TensorFlow/Keras exports flatten in NHWC order) may
+    only be flattened to ``[N, H*W*C]`` (see :func:`_channels_last_flat`) or
+    transposed back to NCHW; any other reader freezes its channels.
+    """
+    perm = node_attr(node, "perm")
+    moved = st.last.get(node.input[0])
+    if moved is not None:
+        rank = len(perm) if perm is not None else 0
+        if rank >= 3 and [int(p) for p in perm] == [0, rank - 1, *range(1, rank - 1)]:
+            st.layouts[node.output[0]] = moved  # NHWC -> NCHW: channels back on axis 1
+        else:
+            st.freeze([moved], f"{_where(node)} moves channels-last channels elsewhere")
+        return
     layout = st.layout(node.input[0])
     if layout is None:
         return
-    perm = node_attr(node, "perm")
     if perm is None:
         st.freeze([layout], f"{_where(node)} reverses the axes, moving the channel axis")
         return
-    if list(perm[:2]) != [0, 1]:
-        st.freeze([layout], f"{_where(node)} moves the channel axis (perm={list(perm)})")
+    perm = [int(p) for p in perm]
+    if perm[:2] == [0, 1]:
+        st.layouts[node.output[0]] = layout
         return
-    st.layouts[node.output[0]] = layout
+    if len(perm) >= 3 and perm == [0, *range(2, len(perm)), 1]:
+        st.last[node.output[0]] = layout
+        return
+    st.freeze([layout], f"{_where(node)} moves the channel axis (perm={perm})")
 
 
 def _constant_ints(st: _State, node: onnx.NodeProto, attr: str, slot: int) -> tuple[bool, list[int] | None]:
@@ -859,6 +910,10 @@ def analyze_channels(model: onnx.ModelProto, index: GraphIndex | None = None) ->
     """
     st = _State(index or GraphIndex(model))
     for node in st.index.nodes:
+        moved = [st.last[t] for t in node.input if t in st.last]
+        if moved and node.op_type not in ("Reshape", "Flatten", "Transpose"):
+            st.freeze(moved + st.input_layouts(node), f"{_where(node)} reads channels a Transpose moved to the last axis")
+            continue
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
             st.freeze(st.input_layouts(node), f"{_where(node)} has no channel rule")
@@ -868,8 +923,8 @@ def analyze_channels(model: onnx.ModelProto, index: GraphIndex | None = None) ->
             continue
         rule(st, node)
     for out in st.index.graph_outputs:
-        if out in st.layouts:
-            st.freeze([st.layouts[out]], f"channels reach graph output '{out}'")
+        if out in st.layouts or out in st.last:
+            st.freeze([st.layouts.get(out) or st.last[out]], f"channels reach graph output '{out}'")
     return _finish(st)
 
 

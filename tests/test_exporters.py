@@ -624,14 +624,16 @@ def test_recurrent_consumer_freezes(op: str) -> None:
         g.nodes.append(helper.make_node(op, [x, w, r], ["", f"{tag}_h"], name=f"{op}_{tag}", hidden_size=5))
         return f"{tag}_h"
 
-    h = g.node("Reshape", [g.relu(g.conv("x", 3, 6, "c1")), ints(g, [1, 6, 64])])
+    stem = g.relu(g.conv("x", 3, 5, "c0"))  # prunable: only the layers below are frozen
+    h = g.node("Reshape", [g.relu(g.conv(stem, 5, 6, "c1")), ints(g, [1, 6, 64])])
     g.gemm(g.node("Flatten", [recurrent(h, 64, "direct")], axis=1), 30, CLASSES, "y")
-    h = g.node("ReduceMean", [g.relu(g.conv("x", 3, 4, "c2"))], axes=[2], keepdims=0)
+    h = g.node("ReduceMean", [g.relu(g.conv(stem, 5, 4, "c2"))], axes=[2], keepdims=0)
     h = g.node("Transpose", [h], perm=[2, 0, 1])
     g.gemm(g.node("Flatten", [recurrent(h, 4, "crnn")], axis=1), 5, CLASSES, "z")
     result = prune(g.model({"y": [1, CLASSES], "z": [1, CLASSES]}))
     assert_frozen(result, "c1", f"{op} node", "no channel rule")
     assert_frozen(result, "c2", "Transpose", "moves the channel axis")
+    assert_pruned(result, "c0")
 
 
 def test_attention_consumers_freeze() -> None:

@@ -130,8 +130,13 @@ def test_matmul_on_a_rank4_tensor_freezes() -> None:
     h = g.node("GlobalAveragePool", [g.relu(g.conv("x", 3, 6, "c1"))])
     h = g.node("MatMul", [h, g.const("W", g.rng.standard_normal((1, 4)))], "mm")
     g.gemm(g.node("Flatten", [h], axis=1), 24, CLASSES, "y")
-    result = prune(g.model(Y))
-    assert_frozen(result, "c1", "not a 2-D product")
+    model = g.model(Y)
+    analysis = onnx_pfgdf.analyze(model, LoadOptions(simplify=False)).channels
+    group = analysis.group_of_output("c1")
+    assert group.frozen and "not a 2-D product" in group.frozen[0]
+    # Nothing else is prunable, so prune refuses the model, naming that reason.
+    with pytest.raises(onnx_pfgdf.NothingToPruneError, match="not a 2-D product"):
+        prune(model)
 
 
 # --------------------------------------------------------------------------- convolutions
@@ -349,15 +354,57 @@ def test_transpose_of_spatial_axes_passes_channels() -> None:
     assert_pruned(result, "c1", "c2")
 
 
-def test_transpose_moving_channels_freezes() -> None:
-    """x -> Conv c1(3->6) -> Transpose(0,2,3,1) -> Transpose(0,3,1,2) -> Conv c2(6->8) -> head."""
+def test_nhwc_round_trip_passes_channels() -> None:
+    """x -> Conv c1(3->6) -> Transpose(0,2,3,1) -> Transpose(0,3,1,2) -> Conv c2(6->8) -> head (tf2onnx)."""
     g = GraphBuilder(24)
     h = g.node("Transpose", [g.relu(g.conv("x", 3, 6, "c1"))], perm=[0, 2, 3, 1])
     h = g.node("Transpose", [h], perm=[0, 3, 1, 2])
     g.head(g.relu(g.conv(h, 6, 8, "c2")), 8)
     result = prune(g.model(Y))
-    assert_frozen(result, "c1", "moves the channel axis (perm=[0, 2, 3, 1])")
+    assert_pruned(result, "c1", "c2")
+
+
+def test_channels_last_read_by_another_op_freezes() -> None:
+    """x -> Conv c1(3->6) -> Transpose(0,2,3,1) -> Relu -> Transpose(0,3,1,2) -> Conv c2(6->8) -> head."""
+    g = GraphBuilder(24)
+    h = g.node("Transpose", [g.relu(g.conv("x", 3, 6, "c1"))], perm=[0, 2, 3, 1])
+    h = g.node("Transpose", [g.relu(h)], perm=[0, 3, 1, 2])
+    g.head(g.relu(g.conv(h, 6, 8, "c2")), 8)
+    result = prune(g.model(Y))
+    assert_frozen(result, "c1", "reads channels a Transpose moved to the last axis")
     assert_pruned(result, "c2")
+
+
+def test_transpose_moving_channels_freezes() -> None:
+    """x -> Conv c1(3->6) -> Transpose(0,2,1,3) -> Transpose(0,2,1,3) -> Conv c2(6->8) -> head."""
+    g = GraphBuilder(24)
+    h = g.node("Transpose", [g.relu(g.conv("x", 3, 6, "c1"))], perm=[0, 2, 1, 3])
+    h = g.node("Transpose", [h], perm=[0, 2, 1, 3])
+    g.head(g.relu(g.conv(h, 6, 8, "c2")), 8)
+    result = prune(g.model(Y))
+    assert_frozen(result, "c1", "moves the channel axis (perm=[0, 2, 1, 3])")
+    assert_pruned(result, "c2")
+
+
+@pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
+def test_keras_nhwc_flatten_into_dense(flatten: str) -> None:
+    """Keras/tf2onnx head: Conv c1(3->6) -> Relu -> Transpose(0,2,3,1) -> Flatten/Reshape [1, 8*8*6] -> MatMul -> y.
+
+    Feature ``(h*8 + w)*6 + c`` is channel ``c``: the channel layout repeats 64 times.
+    """
+    g = GraphBuilder(25)
+    h = g.node("Transpose", [g.relu(g.conv("x", 3, 6, "c1"))], perm=[0, 2, 3, 1])
+    if flatten == "Flatten":
+        h = g.node("Flatten", [h], axis=1)
+    else:
+        h = g.node("Reshape", [h, ints(g, "flat_shape", [-1, 384])])
+    g.node("MatMul", [h, g.const("fc.W", g.rng.standard_normal((384, CLASSES)) * 0.05)], "y")
+    result = prune(g.model(Y))
+    assert_pruned(result, "c1")
+    kept = len(result.plan.keep[result.plan.analysis.group_of_output("c1").id])
+    fc = next(n for n in result.model.graph.node if n.op_type == "MatMul")
+    weight = next(t for t in result.model.graph.initializer if t.name == fc.input[1])
+    assert list(weight.dims) == [64 * kept, CLASSES]
 
 
 def test_lrn_freezes_with_its_reason() -> None:
