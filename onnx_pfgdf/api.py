@@ -32,7 +32,7 @@ from onnx_pfgdf.batch import batchable
 from onnx_pfgdf.search import Budget, Evaluator, SearchConfig, SearchResult, search
 from onnx_pfgdf.report import AnalyzeReport, FrozenGroup, LayerRow, PruneReport
 from onnx_pfgdf.rewrite import apply_plan as _rewrite
-from onnx_pfgdf.verify import DEFAULT_TOLERANCE, VerifyResult
+from onnx_pfgdf.verify import DEFAULT_TOLERANCE, Reference, VerifyResult, reference_outputs
 from onnx_pfgdf.verify import verify as _verify
 
 __all__ = [
@@ -192,7 +192,11 @@ def analyze(
     Raises:
         BadInputError: the model cannot be pruned at all (see ``io.normalize``).
     """
-    normalized = normalize(model, load)
+    return _analyze_normalized(normalize(model, load), criterion)
+
+
+def _analyze_normalized(normalized: onnx.ModelProto, criterion: CriterionConfig) -> Analysis:
+    """:func:`analyze` after normalization."""
     index = GraphIndex(normalized)
     channels = analyze_channels(normalized, index)
     count = count_model(normalized)
@@ -236,6 +240,16 @@ def _stage(name: str, fid: object | None, macs_removed: float | None = None) -> 
     return row
 
 
+def _reference(model: onnx.ModelProto, plan: Plan) -> Reference | None:
+    """The masked original's outputs, before the rewrite: its weights are freed before
+    the pruned model exists.  None when it fails (verification then reports why)."""
+    try:
+        return reference_outputs(model, plan)
+    except Exception:  # onnxruntime raises its own exception types
+        log.debug("masked original failed to run", exc_info=True)
+        return None
+
+
 def _finish(
     analysis: Analysis,
     plan: Plan,
@@ -248,10 +262,11 @@ def _finish(
 ) -> PruneResult:
     """Rewrite, verify, recover, measure, report; raise rather than return a bad model."""
     method = _recovery_method(config, calib)
+    reference = _reference(analysis.model, plan) if config.verify else None
     rewritten = _rewrite(analysis.model, plan)
     verification = None
     if config.verify:
-        verification = _verify(analysis.model, rewritten, plan, tolerance=config.tolerance)
+        verification = _verify(analysis.model, rewritten, plan, tolerance=config.tolerance, reference=reference)
         if not verification.passed:
             raise VerificationError(
                 f"pruned model failed verification: max relative error {verification.max_rel_error:.3g} "
@@ -293,9 +308,9 @@ def _dynamic_batch(model: onnx.ModelProto) -> bool:
     return False
 
 
-def _restore_batch(original: onnx.ModelProto, result: PruneResult) -> PruneResult:
+def _restore_batch(dynamic_input: bool, result: PruneResult) -> PruneResult:
     """Give the pruned model back the input's dynamic batch when it runs correctly with it."""
-    if not _dynamic_batch(original):
+    if not dynamic_input:
         return result
     dynamic = batchable(result.model)
     if dynamic is None:
@@ -340,7 +355,9 @@ def prune(
       each layer's filter statistic decides which filters are insignificant.
 
     Args:
-        model: the model (never mutated).
+        model: the model (never mutated, and not referenced once normalized:
+            a caller that passes its only reference gets the memory back
+            before the rewrite, as the CLI does).
         config: settings.
         calib: calibration data (recovery, search).
         data: held-out labelled data for the report and the budget re-check.
@@ -358,7 +375,10 @@ def prune(
         return _prune_budgeted(model, config, calib, data)
     criterion = _criterion_for(config)
     try:
-        analysis = analyze(model, config.load, criterion)
+        normalized = normalize(model, config.load)
+        dynamic = _dynamic_batch(model)
+        del model  # not needed any more: a caller that handed over its only reference (the CLI) gets the memory back
+        analysis = _analyze_normalized(normalized, criterion)
     except ValueError as exc:
         raise BadInputError(str(exc).splitlines()[0]) from None
     _require_prunable(analysis)
@@ -367,7 +387,7 @@ def prune(
     except ValueError as exc:
         raise BadInputError(str(exc).splitlines()[0]) from None
     settings = config.to_dict() | {"criterion": asdict(criterion)}
-    return _restore_batch(model, _finish(analysis, plan, config, settings, calib, data))
+    return _restore_batch(dynamic, _finish(analysis, plan, config, settings, calib, data))
 
 
 def _prune_budgeted(
@@ -402,7 +422,7 @@ def _prune_budgeted(
     for plan in (result.plan, *result.fallbacks):
         final = _finish(analysis, plan, config, settings, calib, data, result, cache)
         if _budget_holds(final, budget):
-            return _restore_batch(model, final)
+            return _restore_batch(_dynamic_batch(model), final)
         log.info("plan breaks the budget on held-out data; backing off")
     raise BudgetError(
         f"no searched model meets the budget {budget.kind}={budget.value:g} on the held-out data; nothing written"
@@ -422,10 +442,13 @@ def apply_plan(
         BadInputError: the plan does not match the model.
         VerificationError: the rewrite does not match the masked original.
     """
-    analysis = analyze(model, config.load, config.criterion)
+    normalized = normalize(model, config.load)
+    dynamic = _dynamic_batch(model)
+    del model  # as in prune()
+    analysis = _analyze_normalized(normalized, config.criterion)
     document = plan.to_dict() if isinstance(plan, Plan) else plan
     mapped = plan_from_dict(document, analysis.channels)
-    return _restore_batch(model, _finish(analysis, mapped, config, config.to_dict() | {"plan": "replayed"}, calib, data))
+    return _restore_batch(dynamic, _finish(analysis, mapped, config, config.to_dict() | {"plan": "replayed"}, calib, data))
 
 
 def verify(

@@ -236,12 +236,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise BadInputError("--round-to and --min-keep must be at least 1")
     if not args.tolerance > 0:
         raise BadInputError("--tolerance must be positive")
-    model = read_model(args.model)
+    # The model is handed over (models.pop() below): the API lets go of it once normalized,
+    # so the input's memory is free again before the rewrite and verification.
+    models = [read_model(args.model)]
     budget = _budget(args)
     if budget is not None and (args.ratio is not None or args.alpha is not None or args.apply_plan):
         raise BadInputError("a budget (--max-drop/--min-agreement/--max-error/--target-macs) excludes --ratio/--alpha/--apply-plan")
-    calib = _dataset(args.calib, model) if args.calib else None
-    data = _dataset(args.data, model) if args.data else None
+    calib = _dataset(args.calib, models[0]) if args.calib else None
+    data = _dataset(args.data, models[0]) if args.data else None
     config = api.PruneConfig(
         criterion=_criterion(args, args.alpha),
         ratio=args.ratio,
@@ -255,14 +257,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     )
     try:
         if args.apply_plan:
-            result = api.apply_plan(model, load_plan(args.apply_plan), config, calib, data)
+            result = api.apply_plan(models.pop(), load_plan(args.apply_plan), config, calib, data)
         else:
-            result = api.prune(model, config, calib, data)
+            result = api.prune(models.pop(), config, calib, data)
     except NothingToPruneError as exc:
         if not args.allow_unchanged:
             raise
         if not args.dry_run:
-            write_model(model, args.output, input_path=args.model)
+            write_model(read_model(args.model), args.output, input_path=args.model)
         _say(args, f"{exc}; " + ("dry run: nothing written" if args.dry_run else f"wrote the model unchanged to {args.output}"))
         return 0
     report = result.report

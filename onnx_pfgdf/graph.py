@@ -20,7 +20,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["GraphIndex", "node_attr"]
+__all__ = ["CACHE_BYTES", "GraphIndex", "node_attr"]
+
+#: Initializer arrays up to this size are cached by :meth:`GraphIndex.constant`.
+CACHE_BYTES: int = 64 * 1024
 
 
 def node_attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
@@ -75,14 +78,21 @@ class GraphIndex:
         return tensor in self.initializers
 
     def constant(self, tensor: str) -> np.ndarray | None:
-        """The initializer value of ``tensor`` as a (cached, read-only) array, else None."""
+        """The initializer value of ``tensor`` as a read-only array, else None.
+
+        Arrays up to :data:`CACHE_BYTES` are cached; larger ones (weights) are
+        converted on each call, so that an index does not keep a second copy
+        of every weight alive.
+        """
         if tensor not in self.initializers:
             return None
-        if tensor not in self._arrays:
-            array = numpy_helper.to_array(self.initializers[tensor])
-            array.flags.writeable = False
+        if tensor in self._arrays:
+            return self._arrays[tensor]
+        array = numpy_helper.to_array(self.initializers[tensor])
+        array.flags.writeable = False
+        if array.nbytes <= CACHE_BYTES:
             self._arrays[tensor] = array
-        return self._arrays[tensor]
+        return array
 
     def shape(self, tensor: str) -> tuple[int, ...] | None:
         """The fully static shape of ``tensor`` if shape inference knows it."""

@@ -31,14 +31,15 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_pfgdf.errors import BadInputError
+from onnx_pfgdf.errors import BadInputError, NothingToPruneError
+from onnx_pfgdf.weights import restore, strip, weight_names
 
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD",
@@ -269,8 +270,8 @@ def _tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
     return numpy_helper.to_array(tensor)
 
 
-def _refuse_unusable(model: onnx.ModelProto) -> None:
-    """Step 1: refuse models the pruner cannot work on."""
+def _refuse_unusable(model: onnx.ModelProto, weights: Mapping[str, onnx.TensorProto] | None = None) -> None:
+    """Step 1: refuse models the pruner cannot work on (``weights``: values of its placeholders)."""
     graph = model.graph
     if len(graph.node) == 0:
         raise BadInputError("model graph has no nodes")
@@ -284,8 +285,8 @@ def _refuse_unusable(model: onnx.ModelProto) -> None:
         n.op_type in ("Conv", "ConvTranspose") and n.domain in _DEFAULT_DOMAINS
         for n in graph.node
     ):
-        raise BadInputError("no Conv layer to prune")
-    tensors = [(t, "initializer") for t in graph.initializer]
+        raise NothingToPruneError("no Conv layer to prune")
+    tensors = [(t, "initializer") for t in [*graph.initializer, *(weights or {}).values()]]
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS:
             tensors += [(a.t, "Constant") for a in node.attribute if a.name == "value"]
@@ -421,9 +422,11 @@ def _dim_text(dim: onnx.TensorShapeProto.Dimension) -> str:
     return repr(dim.dim_param) if dim.dim_param else "unknown"
 
 
-def _fix_input_dims(graph: onnx.GraphProto, input_shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Step 4: give every graph input a fixed shape."""
-    init_names = {t.name for t in graph.initializer}
+def _fix_input_dims(
+    graph: onnx.GraphProto, input_shapes: Mapping[str, tuple[int, ...]], placeholders: Collection[str] = ()
+) -> None:
+    """Step 4: give every graph input a fixed shape (weight placeholders are not inputs)."""
+    init_names = {t.name for t in graph.initializer} | set(placeholders)
     inputs = [vi for vi in graph.input if vi.name not in init_names]
     names = [vi.name for vi in inputs]
     for name in input_shapes:
@@ -549,11 +552,51 @@ def _prepare(model: onnx.ModelProto) -> None:
         logger.info("folded %d nodes with constant inputs into initializers", folded)
 
 
-def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Steps 6 and 7 and the onnxruntime check."""
+def _fold_static_shapes(graph: onnx.GraphProto) -> int:
+    """Step 6b: a ``Shape`` of a tensor whose shape is fixed becomes an initializer.
+
+    Exporters compute Reshape targets at run time (PyTorch's
+    ``x.view(x.size(0), -1)`` is ``Shape -> Gather -> Unsqueeze -> Concat``);
+    before opset 13 shape inference does not propagate those values, so the
+    Reshape output stays unknown.  Once the input dims are fixed the chain is
+    constant and :func:`_fold_constants` folds the rest.
+    """
+    static = {vi.name: _static_dims(vi) for vi in [*graph.input, *graph.value_info]}
+    outputs = {o.name for o in graph.output}
+    kept: list[onnx.NodeProto] = []
+    for node in graph.node:
+        dims = static.get(node.input[0]) if node.op_type == "Shape" and node.domain in _DEFAULT_DOMAINS else None
+        if dims is None or node.output[0] in outputs:
+            kept.append(node)
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        value = np.asarray(dims[attrs.get("start", 0):attrs.get("end", len(dims))], dtype=np.int64)
+        graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+    folded = len(graph.node) - len(kept)
+    if folded:
+        del graph.node[:]
+        graph.node.extend(kept)
+    return folded
+
+
+def _static_dims(value_info: onnx.ValueInfoProto) -> list[int] | None:
+    """The dims of a tensor whose every dim is a number, else None."""
+    if not value_info.type.HasField("tensor_type") or not value_info.type.tensor_type.HasField("shape"):
+        return None
+    dims = value_info.type.tensor_type.shape.dim
+    return [int(d.dim_value) for d in dims] if all(d.HasField("dim_value") for d in dims) else None
+
+
+def _finish(model: onnx.ModelProto, weights: Mapping[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """Steps 6 (with 6b) and 7, the onnxruntime check, and the weights back in place of their placeholders."""
     model = _infer_shapes(model)
+    if _fold_static_shapes(model.graph):
+        _fold_constants(model)
+        del model.graph.value_info[:]
+        model = _infer_shapes(model)
     _name_nodes(model.graph)
-    _check_onnxruntime(model)
+    _check_onnxruntime(model)  # the weights are still placeholder inputs: nothing to copy
+    restore(model, weights)
     return model
 
 
@@ -565,9 +608,13 @@ def normalize(model: onnx.ModelProto, options: LoadOptions = LoadOptions()) -> o
     are all initializers (see :func:`_fold_constants`); fix input dims (batch
     -> 1, others from ``options.input_shapes``); onnx-simplifier (optional,
     with BN fusion and initializer de-duplication turned off; a failure only
-    logs a warning); onnx shape inference with data propagation; name nameless
+    logs a warning); onnx shape inference with data propagation, then ``Shape``
+    nodes of fixed-shape tensors folded (and inference re-run); name nameless
     nodes ``{op_type}_{index}``; check that onnxruntime (CPU) loads the result.
     If onnxruntime rejects the simplified model, the unsimplified one is used.
+    The steps work on a copy in which the weights (see
+    :func:`onnx_pfgdf.weights.weight_names`) are placeholder inputs; they are
+    copied once, into the result.
 
     Args:
         model: The model as loaded; never mutated.
@@ -579,16 +626,20 @@ def normalize(model: onnx.ModelProto, options: LoadOptions = LoadOptions()) -> o
     Raises:
         BadInputError: the model cannot be pruned or the options do not fit it.
     """
-    work = copy.deepcopy(model)
-    _refuse_unusable(work)
+    # The steps run on a copy whose weights are placeholder inputs (onnx_pfgdf.weights):
+    # onnxsim, shape inference and the checks then cost nothing per weight byte.
+    work, weights = strip(model, weight_names(model))
+    _refuse_unusable(work, weights)
     _prepare(work)
-    _fix_input_dims(work.graph, options.input_shapes)
+    work, folded = strip(work, weight_names(work))  # weights that were Constant nodes or folded
+    weights.update(folded)
+    _fix_input_dims(work.graph, options.input_shapes, weights)
     if options.simplify:
         simplified = _simplify(work)
         if simplified is not None:
             _prepare(simplified)
             try:
-                return _finish(simplified)
+                return _finish(simplified, weights)
             except BadInputError as exc:
                 logger.info("%s; retrying without onnxsim", exc)
             except Exception as exc:
@@ -596,7 +647,7 @@ def normalize(model: onnx.ModelProto, options: LoadOptions = LoadOptions()) -> o
                     "simplified model failed (%s); retrying without onnxsim", _first_line(exc)
                 )
     try:
-        return _finish(work)
+        return _finish(work, weights)
     except BadInputError:
         raise
     except Exception as exc:

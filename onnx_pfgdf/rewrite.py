@@ -29,8 +29,9 @@ from onnx import numpy_helper
 from onnx_pfgdf.channels import ChannelAnalysis, layout_positions
 from onnx_pfgdf.graph import GraphIndex
 from onnx_pfgdf.plan import Plan
+from onnx_pfgdf.weights import infer_shapes, skeleton
 
-__all__ = ["apply_plan", "mask_original"]
+__all__ = ["apply_plan", "mask_original", "masked_weights"]
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -39,8 +40,15 @@ def _node_map(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {n.name: n for n in model.graph.node}
 
 
-def _set_initializers(model: onnx.ModelProto, transforms: Mapping[tuple[str, int], list[Transform]]) -> None:
-    """Replace the initializers read at (node, slot) by their transformed values."""
+def _new_values(
+    model: onnx.ModelProto, transforms: Mapping[tuple[str, int], list[Transform]]
+) -> tuple[dict[str, np.ndarray], dict[tuple[str, int], str]]:
+    """The transformed values of the initializers read at (node, slot), by tensor name.
+
+    Returns ``(values, renames)``: an initializer keeps its name when every
+    use is transformed alike; otherwise each transformed use reads its own
+    copy, whose new name ``renames[(node, slot)]`` gives.
+    """
     index = GraphIndex(model)
     nodes = _node_map(model)
     results: dict[str, dict[tuple[str, int], np.ndarray]] = defaultdict(dict)
@@ -52,29 +60,56 @@ def _set_initializers(model: onnx.ModelProto, transforms: Mapping[tuple[str, int
         for func in funcs:
             value = func(value)
         results[name][(node_name, slot)] = np.ascontiguousarray(value)
-    init_pos = {t.name: i for i, t in enumerate(model.graph.initializer)}
-    taken = set(init_pos) | {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    taken = set(index.initializers) | {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    values: dict[str, np.ndarray] = {}
+    renames: dict[tuple[str, int], str] = {}
     for name, uses in results.items():
         arrays = list(uses.values())
         same = all(a.shape == arrays[0].shape and np.array_equal(a, arrays[0]) for a in arrays[1:])
         if same and len(uses) == index.use_count(name):
-            model.graph.initializer[init_pos[name]].CopyFrom(numpy_helper.from_array(arrays[0], name))
+            values[name] = arrays[0]
             continue
         for k, ((node_name, slot), array) in enumerate(sorted(uses.items())):
             new_name = f"{name}__pfgdf{k}"
             while new_name in taken:
                 new_name += "_"
             taken.add(new_name)
-            model.graph.initializer.append(numpy_helper.from_array(array, new_name))
-            nodes[node_name].input[slot] = new_name
-    _drop_unused_initializers(model)
+            values[new_name] = array
+            renames[(node_name, slot)] = new_name
+    return values, renames
 
 
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+def _rename_inputs(out: onnx.ModelProto, renames: Mapping[tuple[str, int], str]) -> set[str]:
+    """Apply ``renames`` to ``out``'s nodes; return every name a node or graph output reads."""
+    nodes = _node_map(out)
+    for (node_name, slot), new_name in renames.items():
+        nodes[node_name].input[slot] = new_name
+    return {t for n in out.graph.node for t in n.input} | {o.name for o in out.graph.output}
+
+
+def _with_values(
+    out: onnx.ModelProto,
+    model: onnx.ModelProto,
+    values: dict[str, np.ndarray],
+    renames: Mapping[tuple[str, int], str],
+) -> None:
+    """Give ``out`` (a :func:`skeleton` of ``model``) the initializers of ``model`` with ``values``.
+
+    ``values`` replace initializers in place or are appended (renamed
+    copies); initializers nothing reads any more are dropped.  ``values`` is
+    emptied as it is written, so each array is released early.
+    """
+    used = _rename_inputs(out, renames)
+    for tensor in model.graph.initializer:
+        if tensor.name not in used:
+            continue
+        if tensor.name in values:
+            out.graph.initializer.append(numpy_helper.from_array(values.pop(tensor.name), tensor.name))
+        else:
+            out.graph.initializer.add().CopyFrom(tensor)
+    while values:
+        name = next(iter(values))
+        out.graph.initializer.append(numpy_helper.from_array(values.pop(name), name))
 
 
 def _take(axis: int, positions: np.ndarray) -> Transform:
@@ -154,8 +189,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
         The pruned model with re-inferred shapes.
     """
     analysis: ChannelAnalysis = plan.analysis
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = skeleton(model)
     transforms: dict[tuple[str, int], list[Transform]] = defaultdict(list)
     for edit in analysis.edits:
         if not any(seg.group in plan.keep for seg in edit.layout):
@@ -183,21 +217,13 @@ def apply_plan(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
             transforms[(edit.node, slot)].append(_set_entry(edit.index if entry is None else entry, kept))
         else:
             raise ValueError(f"unknown attribute edit {edit.kind!r}")
-    _set_initializers(out, transforms)
+    _with_values(out, model, *_new_values(model, transforms))
     del out.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(out, strict_mode=False, data_prop=True)
+    return infer_shapes(out)
 
 
-def mask_original(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
-    """The verification oracle: removed channels zeroed at contracting consumers.
-
-    Conv (weight axis 1), ConvTranspose (axis 0) and Gemm/MatMul (weight rows)
-    get zeros for every input position the plan removes; nothing else changes,
-    so the masked model has the original's shapes and must compute exactly
-    what the pruned model computes.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+def _mask_transforms(plan: Plan) -> dict[tuple[str, int], list[Transform]]:
+    """Zero the removed input positions of every contracting consumer's weight."""
     transforms: dict[tuple[str, int], list[Transform]] = defaultdict(list)
     for edit in plan.analysis.edits:
         if not edit.contracting or not any(seg.group in plan.keep for seg in edit.layout):
@@ -209,5 +235,35 @@ def mask_original(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
             transforms[(edit.node, edit.slot)].append(_zero_grouped(edit.groups, total.size, removed))
         else:
             transforms[(edit.node, edit.slot)].append(_zero(edit.axis, removed))
-    _set_initializers(out, transforms)
+    return transforms
+
+
+def mask_original(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
+    """The verification oracle: removed channels zeroed at contracting consumers.
+
+    Conv (weight axis 1), ConvTranspose (axis 0) and Gemm/MatMul (weight rows)
+    get zeros for every input position the plan removes; nothing else changes,
+    so the masked model has the original's shapes and must compute exactly
+    what the pruned model computes.
+    """
+    out = skeleton(model)
+    _with_values(out, model, *_new_values(model, _mask_transforms(plan)))
     return out
+
+
+def masked_weights(model: onnx.ModelProto, plan: Plan) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """:func:`mask_original` for onnxruntime, without a protobuf copy of the weights.
+
+    Returns:
+        ``(graph, values)``: a :func:`~onnx_pfgdf.weights.skeleton` of the
+        masked original (no initializers) and the value of each initializer
+        it reads — the masked weights as new arrays, the others converted from
+        ``model`` — to be passed as ``make_session(graph, weights=values)``.
+    """
+    values, renames = _new_values(model, _mask_transforms(plan))
+    out = skeleton(model)
+    used = _rename_inputs(out, renames)
+    for tensor in model.graph.initializer:
+        if tensor.name in used and tensor.name not in values:
+            values[tensor.name] = numpy_helper.to_array(tensor)
+    return out, values

@@ -46,6 +46,9 @@ EXPECT: dict[str, tuple[float | None, tuple[str, ...]]] = {
 
 SLOW = {"vgg19", "zfnet512", "bvlc_alexnet"}
 
+#: Every group frozen (ShuffleNet's channel shuffles and Concat-fed grouped convs): prune refuses.
+NOTHING_PRUNABLE = {"shufflenet"}
+
 
 def _run(model, feeds):
     options = ort.SessionOptions()
@@ -75,6 +78,14 @@ def test_zoo_model_prunes_and_verifies(name: str) -> None:
     min_macs, frozen_words = EXPECT[name]
     model = load_zoo(name)
     config = PruneConfig(criterion=CriterionConfig("l1"), ratio=0.5, load=LoadOptions(simplify=False))
+    if name in NOTHING_PRUNABLE:  # refused, naming why; analyze lists every frozen group with its reason
+        with pytest.raises(onnx_pfgdf.NothingToPruneError, match="nothing to prune"):
+            onnx_pfgdf.prune(model, config)
+        frozen = onnx_pfgdf.analyze(model, config.load).channels.frozen_groups()
+        assert frozen and all(g.frozen and all(r.strip() for r in g.frozen) for g in frozen)
+        reasons = " | ".join(r for g in frozen for r in g.frozen)
+        assert all(word in reasons for word in frozen_words), reasons
+        return
     result = onnx_pfgdf.prune(model, config)
 
     assert result.verification is not None and result.verification.passed, result.verification
