@@ -762,8 +762,25 @@ def _sub_layout(layout: Layout, begin: int, end: int) -> Layout:
     return tuple(seg for seg, lo in zip(layout, points, strict=False) if begin <= lo < end)
 
 
+def _even_split(channels: int, outputs: int, num_outputs: int | None) -> list[int] | None:
+    """The sizes of a Split without explicit sizes (the rewrite writes them out).
+
+    Opset 18's ``num_outputs`` makes parts of ``ceil(C / n)`` channels, the last
+    one smaller; before, the parts are equal and must divide ``C``.
+    """
+    if num_outputs is not None:
+        chunk = -(-channels // int(num_outputs))
+        sizes = [chunk] * (int(num_outputs) - 1) + [channels - chunk * (int(num_outputs) - 1)]
+        return sizes if sizes[-1] > 0 else None
+    return [channels // outputs] * outputs if outputs and channels % outputs == 0 else None
+
+
 def _split(st: _State, node: onnx.NodeProto) -> None:
-    """Split on the channel axis at segment boundaries; each output gets its segments."""
+    """Split on the channel axis at segment boundaries; each output gets its segments.
+
+    A Split without sizes (even parts, or opset 18's ``num_outputs``) gets
+    explicit sizes from the rewrite.
+    """
     layout = st.layout(node.input[0])
     if layout is None:
         return
@@ -778,8 +795,10 @@ def _split(st: _State, node: onnx.NodeProto) -> None:
             st.freeze([layout], f"{_where(node)} splits the batch axis or has an unknown rank")
         return
     given, sizes = _constant_ints(st, node, "split", 1)
+    if not given:
+        sizes = _even_split(layout_size(layout), len(node.output), node_attr(node, "num_outputs"))
     if sizes is None or len(sizes) != len(node.output):
-        reason = "has non-constant split sizes" if given else "splits channels evenly without explicit sizes"
+        reason = "has non-constant split sizes" if given else "splits channels into unequal parts without sizes"
         st.freeze([layout], f"{_where(node)} {reason}")
         return
     points = _cut_points(layout)
@@ -795,12 +814,7 @@ def _split(st: _State, node: onnx.NodeProto) -> None:
 
 
 def _slice(st: _State, node: onnx.NodeProto) -> None:
-    """Slice with constant bounds; on the channel axis only whole segments, step 1.
-
-    Slice-1 (opset < 10) holds its bounds in attributes, which the rewrite does
-    not edit: there the channels in front of a bound stay (a negative bound,
-    counted from the end, freezes the whole tensor).
-    """
+    """Slice with constant bounds (inputs, or Slice-1's attributes); on the channel axis only whole segments, step 1."""
     layout = st.layout(node.input[0])
     if layout is None:
         return
@@ -831,14 +845,6 @@ def _slice(st: _State, node: onnx.NodeProto) -> None:
     points = _cut_points(layout)
     if steps[i] != 1 or begin not in points or end not in points or begin >= end:
         st.freeze([layout], f"{_where(node)} slices a group's channels mid-way or with a step")
-        return
-    if attr_starts is not None:
-        reason = f"{_where(node)} keeps its channel bounds in attributes (opset < 10)"
-        if int(starts[i]) < 0 or int(ends[i]) < 0:
-            st.freeze([layout], f"{reason}, counted from the end")
-            return
-        st.freeze([_sub_layout(layout, 0, end if end < size else begin)], f"{reason}: channels in front of them stay")
-        st.layouts[node.output[0]] = _sub_layout(layout, begin, end)
         return
     st.attr_edits.append(AttrEdit(node.name, "starts", _sub_layout(layout, 0, begin), i))
     st.attr_edits.append(AttrEdit(node.name, "ends", _sub_layout(layout, 0, end), i))

@@ -8,7 +8,8 @@ Every change is an edit recorded by the channel analysis:
 * ``AttrEdit("group")`` — a depthwise Conv's ``group`` becomes its kept channels;
 * ``AttrEdit("reshape")`` — a Reshape's ``shape[1]`` becomes the kept features;
   ``"sizes"``, ``"split"``, ``"starts"``, ``"ends"`` likewise set one entry of
-  a Resize's sizes, a Split's sizes (input or attribute) or a Slice's bounds.
+  a Resize's sizes, a Split's sizes or a Slice's bounds (input, or attribute
+  in old opsets); a Split without sizes gets them written out.
 
 An initializer shared by several uses is rewritten in place only when every use
 wants the same result; otherwise the use gets its own renamed copy.  Tensor
@@ -201,25 +202,69 @@ def apply_plan(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
         else:
             transforms[(edit.node, edit.slot)].append(_take(edit.axis, positions))
     nodes = _node_map(out)
+    implicit = _implicit_splits(analysis, plan, nodes)
     for edit in analysis.attr_edits:
-        if not any(seg.group in plan.keep for seg in edit.layout):
+        if not any(seg.group in plan.keep for seg in edit.layout) or edit.node in implicit:
             continue
         kept = int(layout_positions(edit.layout, plan.keep).size)
         node = nodes[edit.node]
-        if edit.kind == "group":
-            attr = next(a for a in node.attribute if a.name == "group")
+        attr = next((a for a in node.attribute if a.name == edit.kind), None)
+        if edit.kind == "group" and attr is not None:
             attr.i = kept
-        elif edit.kind == "split" and any(a.name == "split" for a in node.attribute):
-            attr = next(a for a in node.attribute if a.name == "split")
+        elif edit.kind in ("split", "starts", "ends") and attr is not None:  # opset < 13 (Split), < 10 (Slice)
             attr.ints[edit.index] = kept
         elif edit.kind in _ENTRY_EDITS:
             slot, entry = _ENTRY_EDITS[edit.kind]
             transforms[(edit.node, slot)].append(_set_entry(edit.index if entry is None else entry, kept))
         else:
             raise ValueError(f"unknown attribute edit {edit.kind!r}")
-    _with_values(out, model, *_new_values(model, transforms))
+    values, renames = _new_values(model, transforms)
+    values.update(_write_split_sizes(out, nodes, implicit))
+    _with_values(out, model, values, renames)
     del out.graph.value_info[:]
     return infer_shapes(out)
+
+
+def _implicit_splits(analysis: ChannelAnalysis, plan: Plan, nodes: Mapping[str, onnx.NodeProto]) -> dict[str, list[int]]:
+    """Kept sizes of every Split that loses channels but lists no sizes (even parts, ``num_outputs``)."""
+    parts: dict[str, dict[int, int]] = defaultdict(dict)
+    for edit in analysis.attr_edits:
+        node = nodes[edit.node]
+        if edit.kind == "split" and not any(a.name == "split" for a in node.attribute) and (
+            len(node.input) < 2 or not node.input[1]
+        ):
+            parts[edit.node][edit.index] = int(layout_positions(edit.layout, plan.keep).size)
+    losing = {e.node for e in analysis.attr_edits if e.kind == "split" and any(s.group in plan.keep for s in e.layout)}
+    return {name: [sizes[i] for i in sorted(sizes)] for name, sizes in parts.items() if name in losing}
+
+
+def _write_split_sizes(
+    out: onnx.ModelProto, nodes: Mapping[str, onnx.NodeProto], implicit: Mapping[str, list[int]]
+) -> dict[str, np.ndarray]:
+    """Give each Split of ``implicit`` its explicit sizes: attribute before opset 13, input after.
+
+    Returns the new size initializers (by name) for the caller to add.
+    """
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 13)
+    taken = {t for n in out.graph.node for t in (*n.input, *n.output)} | {i.name for i in out.graph.input}
+    added: dict[str, np.ndarray] = {}
+    for name, sizes in implicit.items():
+        node = nodes[name]
+        kept_attrs = [a for a in node.attribute if a.name != "num_outputs"]
+        del node.attribute[:]
+        node.attribute.extend(kept_attrs)
+        if opset < 13:
+            node.attribute.append(onnx.helper.make_attribute("split", sizes))
+            continue
+        tensor = f"{name}__pfgdf_split"
+        while tensor in taken:
+            tensor += "_"
+        taken.add(tensor)
+        while len(node.input) < 2:
+            node.input.append("")
+        node.input[1] = tensor
+        added[tensor] = np.asarray(sizes, dtype=np.int64)
+    return added
 
 
 def _mask_transforms(plan: Plan) -> dict[tuple[str, int], list[Transform]]:

@@ -479,38 +479,41 @@ def test_pad_with_axes_input_and_on_channels() -> None:
 
 
 @pytest.mark.parametrize(
-    "axis, starts, ends, pruned, frozen",
-    [
-        (2, 0, 4, ("a", "b", "c"), ()),
-        (1, 4, 8, ("b", "c"), ("a",)),
-        (1, 0, 4, ("c",), ("a",)),
-        (1, -4, 8, ("c",), ("a", "b")),
-    ],
+    "axis, starts, ends",
+    [(2, 0, 4), (1, 4, 8), (1, 0, 4), (1, -4, 8)],
 )
-def test_slice_with_attributes_at_opset_9(axis: int, starts: int, ends: int, pruned: tuple[str, ...],
-                                          frozen: tuple[str, ...]) -> None:
-    """Opset 9 Slice keeps starts/ends/axes in attributes, which the rewrite leaves alone::
+def test_slice_with_attributes_at_opset_9(axis: int, starts: int, ends: int) -> None:
+    """Opset 9 Slice keeps starts/ends/axes in attributes, which the rewrite moves like inputs::
 
         x -> Conv a(3->4) -> Relu --Concat [8]-- Conv b(3->4) -> Relu
           -> Slice(axis ``axis``, starts:ends) -> Conv c(->6) -> Relu -> head
 
-    Channels in front of a bound must stay (all of them when a bound counts from the end).
+    Every layer prunes, whether the slice cuts channels or space, and a bound
+    counted from the end becomes a count of kept channels.
     """
     g = OpsetBuilder(49, 9)
     h = g.node("Concat", [g.relu(g.conv("x", 3, 4, "a")), g.relu(g.conv("x", 3, 4, "b"))], axis=1)
     h = g.node("Slice", [h], starts=[starts], ends=[ends], axes=[axis])
     g.head(g.relu(g.conv(h, 4 if axis == 1 else 8, 6, "c")), 6)
     result = prune(g.model(Y))
-    assert_pruned(result, *pruned)
-    for name in frozen:
-        assert_frozen(result, name, "Slice", "bounds in attributes (opset < 10)")
+    assert_pruned(result, "a", "b", "c")
+    node = next(n for n in result.model.graph.node if n.op_type == "Slice")
+    bounds = {a.name: list(a.ints) for a in node.attribute if a.name in ("starts", "ends")}
+    if axis == 1:
+        kept_a = len(result.plan.keep[result.plan.analysis.group_of_output("a").id])
+        kept_b = len(result.plan.keep[result.plan.analysis.group_of_output("b").id])
+        expected = {(4, 8): (kept_a, kept_a + kept_b), (0, 4): (0, kept_a), (-4, 8): (kept_a, kept_a + kept_b)}
+        assert (bounds["starts"][0], bounds["ends"][0]) == expected[(starts, ends)]
 
 
-@pytest.mark.parametrize("opset", [9, 18])
-def test_split_without_sizes_freezes_with_reason(opset: int) -> None:
+@pytest.mark.parametrize("opset", [9, 13, 18])
+def test_split_without_sizes_gets_explicit_sizes(opset: int) -> None:
     """Split into equal parts (no sizes; ``num_outputs`` at 18) of one conv's channels::
 
         x -> Conv c1(3->8) -> Relu -> Split(2 parts) -> Conv pa(4->5), Conv pb(4->5) -> Add -> Relu -> head
+
+    The parts cut c1's group mid-way, so c1 freezes; a Split of a Concat
+    (below) is cut at its segments and prunes, with sizes written out.
     """
     g = OpsetBuilder(50, opset)
     h = g.relu(g.conv("x", 3, 8, "c1"))
@@ -518,14 +521,13 @@ def test_split_without_sizes_freezes_with_reason(opset: int) -> None:
     g.nodes.append(helper.make_node("Split", [h], ["s0", "s1"], name="split", axis=1, **attrs))
     g.head(g.relu(g.node("Add", [g.conv("s0", 4, 5, "pa"), g.conv("s1", 4, 5, "pb")])), 5)
     result = prune(g.model(Y))
-    assert_frozen(result, "c1", "Split", "evenly")
+    assert_frozen(result, "c1", "Split", "mid-way")
     assert_pruned(result, "pa")
     assert_coupled(result, "pa", "pb")
 
 
-@pytest.mark.xfail(strict=True, reason="rewrite.py edits Slice bounds given as inputs only, not Slice-1 attributes")
-def test_slice_attribute_bounds_could_move() -> None:
-    """Concat(a[4], b[4]) -> Slice(channels 4:8, attributes) -> Conv c: a could prune if the bound moved."""
+def test_slice_attribute_bounds_move() -> None:
+    """Concat(a[4], b[4]) -> Slice(channels 4:8, attributes, opset 9) -> Conv c: the bounds follow a's pruning."""
     g = OpsetBuilder(61, 9)
     h = g.node("Concat", [g.relu(g.conv("x", 3, 4, "a")), g.relu(g.conv("x", 3, 4, "b"))], axis=1)
     h = g.node("Slice", [h], starts=[4], ends=[8], axes=[1])
@@ -533,14 +535,27 @@ def test_slice_attribute_bounds_could_move() -> None:
     assert_pruned(prune(g.model(Y)), "a", "b", "c")
 
 
-@pytest.mark.xfail(strict=True, reason="rewrite.py cannot turn Split's num_outputs into explicit split sizes")
-def test_split_num_outputs_at_segment_boundaries() -> None:
-    """Concat(a[4], b[4]) -> Split(num_outputs=2, opset 18) -> Conv pa(4->5), Conv pb(4->5) -> Add -> head."""
-    g = OpsetBuilder(62, 18)
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_split_without_sizes_at_segment_boundaries(opset: int) -> None:
+    """Concat(a[4], b[4]) -> Split(2 equal parts; num_outputs=2 at 18) -> Conv pa(4->5), Conv pb(4->5) -> Add -> head.
+
+    The rewrite writes the kept sizes out: a ``split`` attribute before opset
+    13, a sizes input from 13 on (``num_outputs`` dropped).
+    """
+    g = OpsetBuilder(62, opset)
     h = g.node("Concat", [g.relu(g.conv("x", 3, 4, "a")), g.relu(g.conv("x", 3, 4, "b"))], axis=1)
-    g.nodes.append(helper.make_node("Split", [h], ["s0", "s1"], name="split", axis=1, num_outputs=2))
+    attrs = {"num_outputs": 2} if opset >= 18 else {}
+    g.nodes.append(helper.make_node("Split", [h], ["s0", "s1"], name="split", axis=1, **attrs))
     g.head(g.relu(g.node("Add", [g.conv("s0", 4, 5, "pa"), g.conv("s1", 4, 5, "pb")])), 5)
-    assert_pruned(prune(g.model(Y)), "a", "b", "pa")
+    result = prune(g.model(Y))
+    assert_pruned(result, "a", "b", "pa")
+    split = next(n for n in result.model.graph.node if n.op_type == "Split")
+    assert not any(a.name == "num_outputs" for a in split.attribute)
+    if opset < 13:
+        sizes = list(next(a for a in split.attribute if a.name == "split").ints)
+    else:
+        sizes = numpy_helper.to_array(next(t for t in result.model.graph.initializer if t.name == split.input[1])).tolist()
+    assert sizes == [len(result.plan.keep[result.plan.analysis.group_of_output(n).id]) for n in ("a", "b")]
 
 
 def test_sum_of_many_inputs_at_opset_9() -> None:
