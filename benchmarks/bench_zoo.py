@@ -55,24 +55,21 @@ def run_model(name: str, ratio: float, workdir: Path, analyze_dir: Path) -> dict
     if code != 0:
         return {"model": name, "error": err.strip()}
     (analyze_dir / f"{name}.txt").write_text(table)
-    prunable_groups = json.loads(analysis.read_text())["prunable_groups"]
+    analysed = json.loads(analysis.read_text())
+    prunable_groups = analysed["prunable_groups"]
+    reasons = sorted({_reason_kind(r) for f in analysed["frozen_groups"] for r in f["reasons"]})
     out, report = workdir / f"{name}_pruned.onnx", workdir / f"{name}.json"
     code, _, err, seconds = _cli("prune", str(src), "-o", str(out), "--criterion", "l1", "--ratio", str(ratio),
                                  "--recover", "none", "--no-simplify", "--round-to", "1", "--report", str(report),
                                  "-q")
-    row: dict[str, object] = {"model": name, "exit": code, "seconds": round(seconds, 1), "size_mb": round(src.stat().st_size / 2**20, 1)}
+    row: dict[str, object] = {"model": name, "exit": code, "seconds": round(seconds, 1),
+                              "size_mb": round(src.stat().st_size / 2**20, 1), "prunable_groups": prunable_groups,
+                              "frozen_groups": len(analysed["frozen_groups"]), "frozen_reasons": reasons}
     if code != 0:
         row["error"] = err.strip()
         return row
     rep = json.loads(report.read_text())
-    frozen = rep["frozen_groups"]
-    row.update(
-        reduction={k: round(100 * float(v), 1) for k, v in rep["reduction"].items()},
-        prunable_groups=prunable_groups,
-        frozen_groups=len(frozen),
-        verification=rep["verification"],
-        frozen_reasons=sorted({_reason_kind(r) for f in frozen for r in f["reasons"]}),
-    )
+    row.update(reduction={k: round(100 * float(v), 1) for k, v in rep["reduction"].items()}, verification=rep["verification"])
     return row
 
 
@@ -84,14 +81,17 @@ def to_markdown(rows: list[dict[str, object]], ratio: float) -> str:
         f"`onnx-pfgdf prune --criterion l1 --ratio {ratio} --recover none --no-simplify --round-to 1`. "
         "Weights are seeded random (the zoo files hold constant fills), so only the structure is "
         "meaningful: accuracy is not measured.  Every written model passed the tool's own verification "
-        "(onnx.checker + pruned == masked original in onnxruntime).",
+        "(onnx.checker + pruned == masked original in onnxruntime); a model with nothing to prune is refused "
+        "(exit 2) and `analyze` says why.",
         "",
         "| model | size MB | exit | filters −% | params −% | MACs −% | prunable groups | frozen groups | max rel. error | s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "reduction" not in r:
-            lines.append(f"| {r['model']} | {r.get('size_mb', '-')} | {r.get('exit', '-')} | {r.get('error', '')} | | | | | | |")
+            refusal = str(r.get("error", "")).replace("onnx-pfgdf: error: ", "").split(" (first:")[0]
+            lines.append(f"| {r['model']} | {r.get('size_mb', '-')} | {r.get('exit', '-')} | {refusal} | | | "
+                         f"{r.get('prunable_groups', '-')} | {r.get('frozen_groups', '-')} | | {r.get('seconds', '-')} |")
             continue
         red, ver = r["reduction"], r["verification"]
         lines.append(

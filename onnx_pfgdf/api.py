@@ -32,6 +32,7 @@ from onnx_pfgdf.batch import batchable
 from onnx_pfgdf.search import Budget, Evaluator, SearchConfig, SearchResult, search
 from onnx_pfgdf.report import AnalyzeReport, FrozenGroup, LayerRow, PruneReport
 from onnx_pfgdf.rewrite import apply_plan as _rewrite
+from onnx_pfgdf.weights import infer_shapes
 from onnx_pfgdf.verify import DEFAULT_TOLERANCE, Reference, VerifyResult, reference_outputs
 from onnx_pfgdf.verify import verify as _verify
 
@@ -316,8 +317,7 @@ def _restore_batch(dynamic_input: bool, result: PruneResult) -> PruneResult:
     if dynamic is None:
         log.warning("the pruned model keeps the fixed batch size used for the analysis")
         return result
-    inferred = onnx.shape_inference.infer_shapes(dynamic, strict_mode=False)
-    return replace(result, model=inferred)
+    return replace(result, model=infer_shapes(dynamic))
 
 
 def _budget_holds(result: PruneResult, budget: Budget) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnx_pfgdf.evaluate import make_session
+from onnx_pfgdf.evaluate import run_feeds
 
 __all__ = ["dynamic_batch", "batchable"]
 
@@ -50,9 +50,7 @@ def batchable(model: onnx.ModelProto) -> onnx.ModelProto | None:
         shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
         feeds[vi.name] = rng.standard_normal([2, *shape[1:]]).astype(np.float32)
     try:
-        session = make_session(out)
-        both = session.run(None, feeds)
-        single = [session.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(2)]
+        both, *single = run_feeds(out, [feeds, *({k: v[i:i + 1] for k, v in feeds.items()} for i in range(2))])
     except Exception:  # onnxruntime refuses the dynamic batch: keep the fixed one
         return None
     for k, arr in enumerate(both):

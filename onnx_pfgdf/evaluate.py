@@ -2,7 +2,9 @@
 
 * :func:`make_session` builds a CPU ``InferenceSession`` from a ``ModelProto``;
   :func:`run_as_written` runs a model once per feed with its weights fed as
-  inputs (no onnxruntime copy of them: verification of large models).
+  inputs (no onnxruntime copy of them: verification of large models);
+  :func:`run_feeds` runs a model as written, or that way when it is over
+  protobuf's 2 GiB limit.
 * :func:`run_batched` feeds a :class:`~onnx_pfgdf.data.Dataset`-style input dict
   in batches and concatenates each output along axis 0.  When an input's batch
   dimension is fixed (e.g. 1), that fixed size is the batch size.
@@ -24,6 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_pfgdf.data import Dataset
+from onnx_pfgdf.io import is_large
 from onnx_pfgdf.weights import skeleton
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "make_session",
     "run_as_written",
+    "run_feeds",
     "run_batched",
     "top1_accuracy",
     "top1_agreement",
@@ -136,6 +140,19 @@ def run_as_written(
     opts.enable_mem_pattern = False  # no up-front block for all activations (measured: -10 MB on ResNet-50)
     session = ort.InferenceSession(graph.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
     return [session.run(None, {**feed, **arrays}) for feed in feeds]
+
+
+def run_feeds(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """All outputs of ``model`` for each feed, in one session dropped on return.
+
+    The model runs as written, with onnxruntime's default optimizations; a
+    model near protobuf's 2 GiB limit cannot be serialized for a session and
+    runs through :func:`run_as_written` (weights fed as inputs).
+    """
+    if is_large(model):
+        return run_as_written(model, feeds)
+    session = make_session(model)
+    return [session.run(None, dict(feed)) for feed in feeds]
 
 
 def _as_session(model_or_session: ModelOrSession) -> "ort.InferenceSession":

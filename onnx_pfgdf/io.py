@@ -39,9 +39,10 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_pfgdf.errors import BadInputError, NothingToPruneError
-from onnx_pfgdf.weights import restore, strip, weight_names
+from onnx_pfgdf.weights import restore, skeleton, strip, weight_names
 
 __all__ = [
+    "is_large",
     "EXTERNAL_DATA_THRESHOLD",
     "LoadOptions",
     "normalize",
@@ -186,15 +187,18 @@ def opset_version(model: onnx.ModelProto) -> int:
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    """Serialized payload of one tensor, without serializing it."""
-    if tensor.raw_data:
-        return len(tensor.raw_data)
-    return 8 * (len(tensor.float_data) + len(tensor.int32_data) + len(tensor.int64_data)
-                + len(tensor.double_data) + len(tensor.uint64_data)) + sum(len(b) for b in tensor.string_data)
+    """Payload of one tensor from its dims and type (reading ``raw_data`` would copy it)."""
+    if tensor.data_type != onnx.TensorProto.STRING:
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+        except (KeyError, TypeError, ValueError):
+            pass
+    return sum(len(b) for b in tensor.string_data)
 
 
-def _is_large(model: onnx.ModelProto) -> bool:
-    """Would ``model`` come near protobuf's 2 GiB limit?  (Initializer payloads dominate;
+def is_large(model: onnx.ModelProto) -> bool:
+    """Would ``model`` come near protobuf's 2 GiB limit (no ``SerializeToString``)?  (Initializer payloads dominate;
     ``ByteSize()`` is exact but walks the whole message, which costs seconds on large models.)"""
     payload = sum(_tensor_bytes(t) for t in model.graph.initializer)
     if payload > EXTERNAL_DATA_THRESHOLD:
@@ -220,7 +224,7 @@ def _as_file(model: onnx.ModelProto) -> Iterator[str]:
 
 
 def _check_model(model: onnx.ModelProto) -> None:
-    if _is_large(model):
+    if is_large(model):
         with _as_file(model) as path:
             onnx.checker.check_model(path)
     else:
@@ -228,7 +232,7 @@ def _check_model(model: onnx.ModelProto) -> None:
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    if not _is_large(model):
+    if not is_large(model):
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     with _as_file(model) as path:
         out = os.path.join(os.path.dirname(path), "inferred.onnx")
@@ -243,7 +247,7 @@ def _check_onnxruntime(model: onnx.ModelProto) -> None:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        if _is_large(model):
+        if is_large(model):
             with _as_file(model) as path:
                 ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         else:
@@ -658,6 +662,39 @@ def normalize(model: onnx.ModelProto, options: LoadOptions = LoadOptions()) -> o
 # saving
 
 
+#: Tensors of at least this many bytes go to the external data file; offsets are aligned to it.
+_EXTERNAL_MIN_BYTES = 1024
+_EXTERNAL_ALIGN = 4096
+
+
+def _externalized(model: onnx.ModelProto, data_path: str, location: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers live in ``data_path`` (written here).
+
+    The ONNX external-data format (``location``/``offset``/``length``), one
+    tensor at a time: unlike ``onnx.save_model(save_as_external_data=True)``
+    it needs no deep copy of the model first.
+    """
+    out = skeleton(model)
+    with open(data_path, "wb") as fh:
+        for tensor in model.graph.initializer:
+            if _tensor_bytes(tensor) < _EXTERNAL_MIN_BYTES or tensor.data_location == onnx.TensorProto.EXTERNAL:
+                out.graph.initializer.add().CopyFrom(tensor)
+                continue
+            payload = tensor.raw_data or numpy_helper.to_array(tensor).tobytes()
+            offset = -fh.tell() % _EXTERNAL_ALIGN + fh.tell()
+            fh.seek(offset)
+            fh.write(payload)
+            moved = out.graph.initializer.add()
+            moved.name, moved.data_type = tensor.name, tensor.data_type
+            moved.dims.extend(tensor.dims)
+            moved.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(payload)))):
+                entry = moved.external_data.add()
+                entry.key, entry.value = key, value
+            del payload
+    return out
+
+
 def write_model(
     model: onnx.ModelProto,
     path: str | os.PathLike[str],
@@ -693,19 +730,11 @@ def write_model(
     tmpdir = tempfile.mkdtemp(prefix=f".{basename}.", suffix=".tmp", dir=directory)
     try:
         tmp_model = os.path.join(tmpdir, basename)
-        if _is_large(model):
+        if is_large(model):
             location = f"{basename}.data"
-            onnx.save_model(
-                copy.deepcopy(model),  # save_model moves tensor data out of the proto
-                tmp_model,
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=location,
-                size_threshold=1024,
-            )
-            if os.path.exists(os.path.join(tmpdir, location)):
-                os.replace(os.path.join(tmpdir, location), os.path.join(directory, location))
-                logger.info("saved tensor data to %s", os.path.join(directory, location))
+            onnx.save_model(_externalized(model, os.path.join(tmpdir, location), location), tmp_model)
+            os.replace(os.path.join(tmpdir, location), os.path.join(directory, location))
+            logger.info("saved tensor data to %s", os.path.join(directory, location))
         else:
             onnx.save_model(model, tmp_model)
         os.replace(tmp_model, target)

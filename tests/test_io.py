@@ -433,6 +433,8 @@ def test_write_large_model_uses_external_data(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(pio, "EXTERNAL_DATA_THRESHOLD", 0)
     model = conv_bn_model()
     model.graph.initializer.append(_init("big", np.arange(2048, dtype=np.float32)))
+    # a tensor held in float_data (not raw_data), as some exporters write them
+    model.graph.initializer.append(helper.make_tensor("listed", TensorProto.FLOAT, [512], [0.5] * 512))
     before = model.SerializeToString()
     path = tmp_path / "big.onnx"
     write_model(model, path)
@@ -447,6 +449,9 @@ def test_write_large_model_uses_external_data(tmp_path, monkeypatch) -> None:
     np.testing.assert_allclose(run(loaded, x), run(model, x), rtol=1e-6)
     big = next(t for t in loaded.graph.initializer if t.name == "big")
     np.testing.assert_array_equal(numpy_helper.to_array(big), np.arange(2048))
+    listed = next(t for t in loaded.graph.initializer if t.name == "listed")
+    np.testing.assert_array_equal(numpy_helper.to_array(listed), np.full(512, 0.5, np.float32))
+    assert (tmp_path / "big.onnx.data").stat().st_mode == path.stat().st_mode
 
 
 def test_normalize_large_model_path(monkeypatch) -> None:
