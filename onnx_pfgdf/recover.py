@@ -2,7 +2,8 @@
 
 Every method works on the *contracting consumers* of removed channels (Conv
 with ``group=1``, Gemm, MatMul): the layers whose sums lost terms.  A grouped
-Conv (``1 < group``) that loses input channels is left as pruned.
+Conv (``1 < group``) that loses input channels gets ``bias`` (block by block)
+but no ``lsq`` re-fit.
 
 * ``none`` — the rewritten model unchanged (what verification checks).
 * ``bias`` — fold the expected contribution of the removed input channels into
@@ -83,6 +84,8 @@ class Consumer:
         kept_in: kept input positions (into the original channel/feature axis).
         removed_in: removed input positions.
         kept_out: kept output channels of this layer (all when not pruned).
+        groups: a grouped Conv's ``group`` (its filters of block ``b`` read
+            input block ``b`` only); 1 otherwise.
     """
 
     node: str
@@ -90,6 +93,7 @@ class Consumer:
     kept_in: np.ndarray
     removed_in: np.ndarray
     kept_out: np.ndarray
+    groups: int = 1
 
 
 def consumers(plan: Plan, original: onnx.ModelProto) -> list[Consumer]:
@@ -98,7 +102,7 @@ def consumers(plan: Plan, original: onnx.ModelProto) -> list[Consumer]:
     by_name = {n.name: n for n in original.graph.node}
     found: dict[str, Consumer] = {}
     for edit in plan.analysis.edits:
-        if not edit.contracting or edit.groups > 1 or not any(s.group in plan.keep for s in edit.layout):
+        if not edit.contracting or not any(s.group in plan.keep for s in edit.layout):
             continue
         node = by_name[edit.node]
         if node.op_type not in ("Conv", "Gemm", "MatMul"):
@@ -109,7 +113,7 @@ def consumers(plan: Plan, original: onnx.ModelProto) -> list[Consumer]:
         weight = index.constant(node.input[1])
         n_out = weight.shape[0] if node.op_type == "Conv" else weight.shape[0 if int(node_attr(node, "transB", 0)) else 1]
         kept_out = layout_positions(out_layout, plan.keep) if out_layout else np.arange(n_out)
-        found[node.name] = Consumer(node.name, node.op_type, kept, np.setdiff1d(total, kept), kept_out)
+        found[node.name] = Consumer(node.name, node.op_type, kept, np.setdiff1d(total, kept), kept_out, edit.groups)
     order = {n.name: i for i, n in enumerate(original.graph.node)}
     return sorted(found.values(), key=lambda c: order[c.node])
 
@@ -308,6 +312,17 @@ def _bn_channel_means(index: GraphIndex, tensor: str) -> np.ndarray | None:
     return None
 
 
+def _grouped_bias_delta(w: np.ndarray, groups: int, removed: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``delta[m] = sum over removed inputs c of m's block of sum_k W[m, c - block start, k] * E[x_c]``."""
+    rows, width = w.shape[0] // groups, w.shape[1]
+    delta = np.zeros(w.shape[0])
+    for b in range(groups):
+        gone = removed[(removed >= b * width) & (removed < (b + 1) * width)]
+        block = w[b * rows:(b + 1) * rows]
+        delta[b * rows:(b + 1) * rows] = np.einsum("mckl,c->m", block[:, gone - b * width], mean[gone])
+    return delta
+
+
 def _bias(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: Dataset | None,
           options: RecoverOptions, cache: dict | None = None) -> onnx.ModelProto:
     """Fold E[removed input channels] into the consumer's bias."""
@@ -338,7 +353,9 @@ def _bias(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: 
             log.info("bias recovery: no channel means for %s; skipped", c.node)
             continue
         w_o = index_o.constant(node_o.input[1]).astype(np.float64)
-        if c.op_type == "Conv":
+        if c.op_type == "Conv" and c.groups > 1:
+            delta = _grouped_bias_delta(w_o, c.groups, c.removed_in, mean)
+        elif c.op_type == "Conv":
             delta = np.einsum("mckl,c->m", w_o[:, c.removed_in], mean[c.removed_in])
         elif c.op_type == "Gemm" and int(node_attr(node_o, "transB", 0)):
             delta = w_o[:, c.removed_in] @ mean[c.removed_in]
@@ -364,7 +381,7 @@ def _lsq(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: D
     out.CopyFrom(pruned)
     nodes_o = {n.name: n for n in original.graph.node}
     nodes_p = {n.name: n for n in out.graph.node}
-    targets = [c for c in consumers(plan, original) if c.op_type in ("Conv", "Gemm")]
+    targets = [c for c in consumers(plan, original) if c.op_type in ("Conv", "Gemm") and c.groups == 1]
     if not targets:
         return out
     n = min(len(data), options.samples)

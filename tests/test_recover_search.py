@@ -130,6 +130,45 @@ def test_target_macs_reaches_the_target() -> None:
     assert result.report.reduction["macs"] >= 0.4
 
 
+def test_bias_recovery_is_exact_for_constant_channels_into_a_grouped_conv() -> None:
+    """Channels 1 and 5 of c1 are constant (zero filter, bias 0.7 -> Relu); removing them, one per
+    block of the group=2 conv gc, and folding their constant into gc's bias changes nothing::
+
+        x -> Conv c1(3->8) -> Relu -> Conv gc(8->6, 1x1, group=2) -> Relu -> GlobalAveragePool -> Flatten -> Gemm y
+    """
+    g = builders.GraphBuilder(seed=23)
+    w1 = g.rng.standard_normal((8, 3, 3, 3)) * 0.5
+    b1 = g.rng.normal(0, 0.1, 8)
+    w1[[1, 5]] = 0.0
+    b1[[1, 5]] = 0.7
+    h = g.relu(g.node("Conv", ["x", g.const("c1.W", w1), g.const("c1.B", b1)], "c1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    g.head(g.relu(g.conv(h, 8, 6, "gc", group=2, k=1)), 6)  # 1x1: no zero padding to break the constant
+    model = g.model({"y": [1, builders.CLASSES]})
+    plan = {"format": "onnx-pfgdf-plan", "version": 1,
+            "layers": {"c1": {"node": "Conv_c1", "filters": 8, "keep": [0, 2, 3, 4, 6, 7]}}}
+    calib = _calib(16)
+    ref = _outputs(model, calib)
+    none = onnx_pfgdf.apply_plan(model, plan, PruneConfig(recover="none"))
+    bias = onnx_pfgdf.apply_plan(model, plan, PruneConfig(recover="bias"), calib)
+    assert _rel_error(ref, _outputs(none.model, calib)) > 1e-2
+    assert _rel_error(ref, _outputs(bias.model, calib)) < 1e-5
+
+
+@pytest.mark.parametrize("recover", ["bias", "lsq"])
+def test_search_on_grouped_convs_keeps_equal_blocks(recover: str) -> None:
+    """The search's ladders go through the plan's block rule: every group stays divisible by its blocks."""
+    case = builders.grouped_convs()
+    result = onnx_pfgdf.prune(case.model, PruneConfig(budget=Budget("target_macs", 0.3), recover=recover), _calib(64))
+    assert result.report.reduction["macs"] >= 0.3
+    assert result.verification is not None and result.verification.passed
+    analysis = result.plan.analysis
+    for first, blocks in case.blocks.items():
+        group = analysis.group_of_output(first)
+        if group.id in result.plan.keep:
+            counts = np.bincount(result.plan.keep[group.id] // (group.channels // blocks), minlength=blocks)
+            assert np.all(counts == counts[0]) and counts[0] > 0, (first, counts)
+
+
 def test_nothing_fits_raises_and_the_cli_writes_nothing(tmp_path) -> None:
     case = builders.vgg_chain()
     with pytest.raises(BudgetError):
