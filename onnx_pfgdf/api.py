@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import onnx
@@ -25,7 +25,7 @@ from onnx_pfgdf.criteria import CriterionConfig
 from onnx_pfgdf.errors import BadInputError, BudgetError, NothingToPruneError, VerificationError
 from onnx_pfgdf.graph import GraphIndex
 from onnx_pfgdf.io import LoadOptions, normalize
-from onnx_pfgdf.plan import GroupScore, KeepRule, Plan, plan_from_dict, score_groups, select_plan
+from onnx_pfgdf.plan import GroupScore, KeepRule, Plan, plan_from_dict, protect_layers, score_groups, select_plan
 from onnx_pfgdf.data import Dataset
 from onnx_pfgdf.recover import RECOVERY, RecoverOptions, recover
 from onnx_pfgdf.batch import batchable
@@ -72,6 +72,8 @@ class PruneConfig:
         time_limit: seconds the search may take.
         recover_options: samples, positions and ridge of data-driven recovery.
         progress: show progress bars (tqdm) on long steps.
+        protect: layers whose groups keep every channel: ``fnmatch`` patterns
+            of node names or output tensors (e.g. a detector's heads).
     """
 
     criterion: CriterionConfig = field(default_factory=CriterionConfig)
@@ -85,6 +87,7 @@ class PruneConfig:
     time_limit: float | None = None
     recover_options: RecoverOptions = field(default_factory=RecoverOptions)
     progress: bool = False
+    protect: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view of the settings."""
@@ -98,6 +101,7 @@ class PruneConfig:
             "tolerance": self.tolerance,
             "budget": asdict(self.budget) if self.budget else None,
             "time_limit": self.time_limit,
+            "protect": list(self.protect),
         }
 
 
@@ -187,19 +191,25 @@ def analyze(
     model: onnx.ModelProto,
     load: LoadOptions = LoadOptions(),
     criterion: CriterionConfig = CriterionConfig(),
+    protect: Sequence[str] = (),
 ) -> Analysis:
     """Normalize ``model`` and find its channel groups, scores and counts.
 
+    ``protect``: layers kept whole (see :attr:`PruneConfig.protect`).
+
     Raises:
-        BadInputError: the model cannot be pruned at all (see ``io.normalize``).
+        BadInputError: the model cannot be pruned at all (see ``io.normalize``),
+            or a ``protect`` pattern matches no layer.
     """
-    return _analyze_normalized(normalize(model, load), criterion)
+    return _analyze_normalized(normalize(model, load), criterion, protect)
 
 
-def _analyze_normalized(normalized: onnx.ModelProto, criterion: CriterionConfig) -> Analysis:
+def _analyze_normalized(
+    normalized: onnx.ModelProto, criterion: CriterionConfig, protect: Sequence[str] = ()
+) -> Analysis:
     """:func:`analyze` after normalization."""
     index = GraphIndex(normalized)
-    channels = analyze_channels(normalized, index)
+    channels = protect_layers(analyze_channels(normalized, index), protect)
     count = count_model(normalized)
     scores = score_groups(channels, index, criterion)
     report = AnalyzeReport(
@@ -378,7 +388,7 @@ def prune(
         normalized = normalize(model, config.load)
         dynamic = _dynamic_batch(model)
         del model  # not needed any more: a caller that handed over its only reference (the CLI) gets the memory back
-        analysis = _analyze_normalized(normalized, criterion)
+        analysis = _analyze_normalized(normalized, criterion, config.protect)
     except ValueError as exc:
         raise BadInputError(str(exc).splitlines()[0]) from None
     _require_prunable(analysis)
@@ -402,7 +412,7 @@ def _prune_budgeted(
         raise BadInputError(f"the {budget.kind} budget needs data: give --calib (and --data for held-out figures)")
     if budget.needs_labels() and search_data.labels is None:
         raise BadInputError("the --max-drop budget needs labelled data (--data, or --calib with 'labels')")
-    analysis = analyze(model, config.load, config.criterion)
+    analysis = analyze(model, config.load, config.criterion, config.protect)
     _require_prunable(analysis)
     method = _recovery_method(config, calib)
     scfg = SearchConfig(
@@ -445,7 +455,7 @@ def apply_plan(
     normalized = normalize(model, config.load)
     dynamic = _dynamic_batch(model)
     del model  # as in prune()
-    analysis = _analyze_normalized(normalized, config.criterion)
+    analysis = _analyze_normalized(normalized, config.criterion, config.protect)
     document = plan.to_dict() if isinstance(plan, Plan) else plan
     mapped = plan_from_dict(document, analysis.channels)
     return _restore_batch(dynamic, _finish(analysis, mapped, config, config.to_dict() | {"plan": "replayed"}, calib, data))

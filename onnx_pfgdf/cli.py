@@ -50,6 +50,9 @@ def _load_args(p: argparse.ArgumentParser) -> None:
 
 
 def _criterion_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep-layer", action="append", default=[], metavar="PATTERN",
+                   help="keep every channel of the layers whose node name or output matches PATTERN "
+                        "(fnmatch, e.g. 'head*'; repeatable), and of the layers coupled to them")
     p.add_argument("--criterion", choices=sorted(CRITERIA), default="pfgdf", help="filter criterion (default: pfgdf)")
     p.add_argument("--statistic", choices=STATISTICS, default=CriterionConfig.statistic,
                    help=f"PFGDF per-filter statistic (default: {CriterionConfig.statistic})")
@@ -210,7 +213,7 @@ def _fmt_fit(fit: dict | None) -> str:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     model = read_model(args.model)
-    analysis = api.analyze(model, _load_options(args), _criterion(args))
+    analysis = api.analyze(model, _load_options(args), _criterion(args), tuple(args.keep_layer))
     report = analysis.report
     rows = [["layer", "op", "group", "prunable", "filters", "params", "MACs", "Gaussian fit (statistic)"]]
     for r in report.layers:
@@ -257,6 +260,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         budget=budget,
         time_limit=args.time_limit,
         progress=_progress(args),
+        protect=tuple(args.keep_layer),
     )
     try:
         if args.apply_plan:

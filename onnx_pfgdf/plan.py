@@ -13,10 +13,11 @@ pruned only because they are coupled to another one.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "GroupScore",
     "Plan",
     "member_matrix",
+    "protect_layers",
     "score_groups",
     "select_plan",
     "plan_from_dict",
@@ -124,6 +126,30 @@ class Plan:
     def removed(self) -> int:
         """Total number of channels the plan removes."""
         return sum(self.analysis.groups[g].channels - len(k) for g, k in self.keep.items())
+
+
+def protect_layers(analysis: ChannelAnalysis, patterns: Sequence[str]) -> ChannelAnalysis:
+    """``analysis`` with every group owning a layer that matches a pattern frozen, saying so.
+
+    A pattern (``fnmatch`` syntax) matches a layer's node name or its output
+    tensor; the whole group freezes, since coupled layers share their channels.
+
+    Raises:
+        BadInputError: a pattern matches no layer that owns filters.
+    """
+    if not patterns:
+        return analysis
+    groups = dict(analysis.groups)
+    for pattern in patterns:
+        hits = [(gid, m) for gid, g in groups.items() for m in g.members
+                if fnmatch.fnmatchcase(m.node, pattern) or fnmatch.fnmatchcase(m.output, pattern)]
+        if not hits:
+            raise BadInputError(f"--keep-layer '{pattern}' matches no Conv/Gemm layer (see 'onnx-pfgdf analyze')")
+        for gid, member in hits:
+            reason = f"kept whole on request: '{pattern}' matches layer {member.output}"
+            if reason not in groups[gid].frozen:
+                groups[gid] = replace(groups[gid], frozen=(*groups[gid].frozen, reason))
+    return replace(analysis, groups=groups)
 
 
 def member_matrix(index: GraphIndex, member: Member) -> np.ndarray:

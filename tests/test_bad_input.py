@@ -266,3 +266,9 @@ def test_nothing_to_prune_is_refused_unless_allowed(tmp_path, capsys, listing, m
     assert "unchanged" in capsys.readouterr().out
     assert onnx.load(out).graph == onnx.load(src).graph
     assert src.read_bytes() == make()
+
+
+def test_keep_layer_matching_nothing(tmp_path, capsys, listing, vgg_file) -> None:
+    out = tmp_path / "out.onnx"
+    assert_refused(["prune", str(vgg_file), "-o", str(out), "--ratio", "0.5", "--keep-layer", "nope*"],
+                   capsys, listing, "--keep-layer 'nope*' matches no")

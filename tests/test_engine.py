@@ -428,3 +428,21 @@ def test_random_chains_pruned_equal_masked_original(seed, stem, blocks, ratio, c
     plan = result.plan.to_dict()
     assert_plan_matches_groups(case, plan, ratio)
     assert_equivalent(case.model, result.model, plan, samples=1)
+
+
+# --------------------------------------------------------------------------- protected layers
+
+
+def test_protected_layer_keeps_its_group_whole() -> None:
+    """Protecting b2s (a projection shortcut) keeps b2b, coupled to it by the Add, whole too."""
+    case = CASES["resnet_blocks"]
+    config = PruneConfig(recover="none", criterion=CriterionConfig("l1"), ratio=0.5, protect=("b2s", "Conv_b1a*"))
+    result = onnx_pfgdf.prune(case.model, config)
+    layers = result.plan.to_dict()["layers"]
+    assert set(layers) == {"stem", "b1b", "b2a"}
+    reasons = {layer: "; ".join(f.reasons) for f in result.report.frozen for layer in f.layers}
+    assert "'b2s' matches layer b2s" in reasons["b2b"] and "'Conv_b1a*' matches layer b1a" in reasons["b1a"]
+    assert_equivalent(case.model, result.model, result.plan.to_dict(), samples=1)
+    with pytest.raises(onnx_pfgdf.BadInputError, match="'head\\*' matches no Conv/Gemm layer"):
+        onnx_pfgdf.prune(case.model, PruneConfig(recover="none", criterion=CriterionConfig("l1"), ratio=0.5,
+                                                 protect=("head*",)))
