@@ -50,7 +50,7 @@ def batchable(model: onnx.ModelProto) -> onnx.ModelProto | None:
         shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
         feeds[vi.name] = rng.standard_normal([2, *shape[1:]]).astype(np.float32)
     try:
-        both, *single = run_feeds(out, [feeds, *({k: v[i:i + 1] for k, v in feeds.items()} for i in range(2))])
+        both, *single = run_feeds(out, [feeds, *({k: v[i:i + 1] for k, v in feeds.items()} for i in range(2))], quiet=True)
     except Exception:  # onnxruntime refuses the dynamic batch: keep the fixed one
         return None
     for k, arr in enumerate(both):

@@ -621,11 +621,26 @@ def _flatten(st: _State, node: onnx.NodeProto) -> None:
     st.layouts[node.output[0]] = out
 
 
+def _reshape_shape(st: _State, node: onnx.NodeProto) -> tuple[np.ndarray | None, str]:
+    """A Reshape's constant target shape, or ``None`` and why it cannot be rewritten.
+
+    ``allowzero=1`` (the dynamo exporter writes it on every ``view``) only
+    changes what a ``0`` entry means, so it is harmless without one.
+    """
+    shape = st.index.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if shape is None:
+        return None, f"{_where(node)} has a shape that is not a known constant"
+    if int(node_attr(node, "allowzero", 0)) and bool(np.any(np.asarray(shape) == 0)):
+        return None, f"{_where(node)} has allowzero=1 and a 0 in its shape"
+    return shape, ""
+
+
 def _reshape(st: _State, node: onnx.NodeProto) -> None:
     """Reshape that flattens [N,C,...] (or channels-last [N,...,C]) to [N,F], or keeps N and C in place."""
+    shape, why = _reshape_shape(st, node)
     if node.input[0] in st.last:
-        if not st.index.is_constant(node.input[1]) or int(node_attr(node, "allowzero", 0)):
-            st.freeze([st.last[node.input[0]]], f"{_where(node)} has a shape that is not a known constant")
+        if shape is None:
+            st.freeze([st.last[node.input[0]]], why)
             return
         flat = _channels_last_flat(st, node)
         if flat is not None:
@@ -635,11 +650,10 @@ def _reshape(st: _State, node: onnx.NodeProto) -> None:
     layout = st.layout(node.input[0])
     if layout is None:
         return
-    shape = st.index.constant(node.input[1]) if len(node.input) > 1 else None
     in_shape = st.index.shape(node.input[0])
     out_shape = st.index.shape(node.output[0])
-    if shape is None or in_shape is None or out_shape is None or int(node_attr(node, "allowzero", 0)):
-        st.freeze([layout], f"{_where(node)} has a shape that is not a known constant")
+    if shape is None or in_shape is None or out_shape is None:
+        st.freeze([layout], why or f"{_where(node)} has an unknown input or output shape")
         return
     if len(out_shape) >= 2 and out_shape[0] == in_shape[0] and out_shape[1] == in_shape[1]:
         st.attr_edits.append(AttrEdit(node.name, "reshape", layout))

@@ -47,12 +47,13 @@ logger = logging.getLogger(__name__)
 ModelOrSession = Union[onnx.ModelProto, "ort.InferenceSession"]
 
 
-def make_session(model: onnx.ModelProto, threads: int | None = None) -> "ort.InferenceSession":
+def make_session(model: onnx.ModelProto, threads: int | None = None, quiet: bool = False) -> "ort.InferenceSession":
     """Create a CPU onnxruntime session from the serialized model.
 
     Args:
         model: the model; it is serialized, never mutated.
         threads: intra-op thread count; ``None`` lets onnxruntime choose.
+        quiet: log only fatal errors (for probes that expect onnxruntime to fail).
 
     Returns:
         An ``InferenceSession`` on ``CPUExecutionProvider``.
@@ -60,7 +61,7 @@ def make_session(model: onnx.ModelProto, threads: int | None = None) -> "ort.Inf
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -142,17 +143,24 @@ def run_as_written(
     return [session.run(None, {**feed, **arrays}) for feed in feeds]
 
 
-def run_feeds(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+def run_feeds(
+    model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], quiet: bool = False
+) -> list[list[np.ndarray]]:
     """All outputs of ``model`` for each feed, in one session dropped on return.
 
     The model runs as written, with onnxruntime's default optimizations; a
     model near protobuf's 2 GiB limit cannot be serialized for a session and
-    runs through :func:`run_as_written` (weights fed as inputs).
+    runs through :func:`run_as_written` (weights fed as inputs).  ``quiet``:
+    onnxruntime logs only fatal errors (a probe that may fail).
     """
     if is_large(model):
         return run_as_written(model, feeds)
-    session = make_session(model)
-    return [session.run(None, dict(feed)) for feed in feeds]
+    import onnxruntime as ort
+
+    session = make_session(model, quiet=quiet)
+    run_options = ort.RunOptions()
+    run_options.log_severity_level = 4 if quiet else 3
+    return [session.run(None, dict(feed), run_options) for feed in feeds]
 
 
 def _as_session(model_or_session: ModelOrSession) -> "ort.InferenceSession":

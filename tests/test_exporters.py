@@ -726,6 +726,26 @@ def test_pytorch_view_flatten_with_shape_ops() -> None:
         assert not any(n.op_type == "Shape" for n in result.model.graph.node)
 
 
+@pytest.mark.parametrize("pooled", [True, False])
+def test_dynamo_view_with_allowzero(pooled: bool) -> None:
+    """The dynamo exporter writes every ``view``/``flatten`` as Reshape with ``allowzero=1``::
+
+        x -> Conv c1(3->6) -> Relu [1,6,8,8] -> (ReduceMean(-1,-2, keepdims 1) [1,6,1,1] -> Reshape [1,6]
+                                              | Reshape [1,384]) (allowzero=1) -> Gemm y
+
+    ``allowzero`` only changes what a 0 in the shape means; without one the
+    Reshape flattens like any other and c1 prunes.
+    """
+    g = OpsetBuilder(63, 18)
+    h = g.relu(g.conv("x", 3, 6, "c1"))
+    if pooled:
+        h = g.reduce_mean(h, [-1, -2])
+    features = 6 if pooled else 6 * 8 * 8
+    g.gemm(g.node("Reshape", [h, ints(g, [1, features])], allowzero=1), features, CLASSES, "y")
+    result = prune(g.model(Y))
+    assert_pruned(result, "c1")
+
+
 # --------------------------------------------------------------------------- how weights are stored
 
 
