@@ -17,12 +17,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import onnx
 
 from onnx_pfgdf.channels import ChannelAnalysis, analyze_channels
 from onnx_pfgdf.count import ModelCount, count_model, reduction
 from onnx_pfgdf.criteria import CriterionConfig
 from onnx_pfgdf.errors import BadInputError, BudgetError, NothingToPruneError, VerificationError
+from onnx_pfgdf.evaluate import run_feeds
 from onnx_pfgdf.graph import GraphIndex
 from onnx_pfgdf.io import LoadOptions, normalize
 from onnx_pfgdf.plan import GroupScore, KeepRule, Plan, plan_from_dict, protect_layers, score_groups, select_plan
@@ -33,7 +35,7 @@ from onnx_pfgdf.search import Budget, Evaluator, SearchConfig, SearchResult, sea
 from onnx_pfgdf.report import AnalyzeReport, FrozenGroup, LayerRow, PruneReport
 from onnx_pfgdf.rewrite import apply_plan as _rewrite
 from onnx_pfgdf.weights import infer_shapes
-from onnx_pfgdf.verify import DEFAULT_TOLERANCE, Reference, VerifyResult, reference_outputs
+from onnx_pfgdf.verify import DEFAULT_TOLERANCE, Reference, VerifyResult, check_model, random_inputs, reference_outputs
 from onnx_pfgdf.verify import verify as _verify
 
 __all__ = [
@@ -261,6 +263,26 @@ def _reference(model: onnx.ModelProto, plan: Plan) -> Reference | None:
         return None
 
 
+def _check_recovered(final: onnx.ModelProto, rewritten: onnx.ModelProto) -> None:
+    """Recovery changed weights only: the result must still pass the checker and run like the rewrite.
+
+    Its outputs may differ from the verified rewrite (that is the point), but
+    not in shape or type, and they must be finite.
+
+    Raises:
+        VerificationError: it does not.
+    """
+    checker = check_model(final)
+    try:
+        feeds = [random_inputs(final, 0)]
+        (got,), (want,) = run_feeds(final, feeds), run_feeds(rewritten, feeds)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise VerificationError(f"recovered model does not run in onnxruntime: {str(exc).splitlines()[0]}") from None
+    if checker != "ok" or any(g.shape != w.shape or g.dtype != w.dtype or not np.all(np.isfinite(g))
+                              for g, w in zip(got, want, strict=True)):
+        raise VerificationError(f"recovered model is not a valid replacement of the verified one (checker: {checker})")
+
+
 def _finish(
     analysis: Analysis,
     plan: Plan,
@@ -284,6 +306,8 @@ def _finish(
                 f"> {config.tolerance:g} or checker: {verification.checker}"
             )
     final = recover(method, analysis.model, rewritten, plan, calib, config.recover_options, cache)
+    if final is not rewritten and config.verify:
+        _check_recovered(final, rewritten)
     after = count_model(final)
     stages: list[dict[str, object]] = []
     held_out = data if data is not None else calib

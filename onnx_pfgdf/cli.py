@@ -14,10 +14,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from onnx_pfgdf import api
-from onnx_pfgdf.data import Dataset, load_npz
+from onnx_pfgdf.data import Dataset, conform, load_npz
 from onnx_pfgdf.criteria import CRITERIA, SIDES, STATISTICS, CriterionConfig
 from onnx_pfgdf.errors import BadInputError, NothingToPruneError, PfgdfError
 from onnx_pfgdf.io import LoadOptions, parse_input_shape, read_model, write_model
@@ -165,7 +166,11 @@ def _input_names(model: onnx.ModelProto) -> list[str]:
 
 
 def _dataset(path: str, model: onnx.ModelProto) -> Dataset:
-    return load_npz(path, _input_names(model))
+    """The .npz file as the model's inputs, float data cast to the inputs' float type."""
+    inits = {t.name for t in model.graph.initializer}
+    types = {vi.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+             for vi in model.graph.input if vi.name not in inits and vi.type.tensor_type.elem_type}
+    return conform(load_npz(path, _input_names(model)), types)
 
 
 def _load_options(args: argparse.Namespace) -> LoadOptions:

@@ -23,7 +23,7 @@ import os
 import pickle
 import zipfile
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from onnx_pfgdf.errors import BadInputError
 __all__ = [
     "Dataset",
     "load_npz",
+    "conform",
     "load_cifar10",
     "mnist32_split",
     "CIFAR10_MEAN",
@@ -80,6 +81,29 @@ class Dataset:
             {k: v[:n] for k, v in self.inputs.items()},
             None if self.labels is None else self.labels[:n],
         )
+
+
+def conform(dataset: Dataset, input_types: Mapping[str, np.dtype]) -> Dataset:
+    """``dataset`` with each input cast to the element type the model expects.
+
+    Only float data is converted, and only to another float type (float32
+    calibration data for a float16 model); anything else that does not match
+    is refused, since a cast could silently change what the data means
+    (``uint8`` pixels are not ``[0, 1]`` floats).
+
+    Raises:
+        BadInputError: an array's type cannot feed its input.
+    """
+    inputs = {}
+    for name, array in dataset.inputs.items():
+        want = input_types.get(name)
+        if want is None or array.dtype == want:
+            inputs[name] = array
+        elif np.issubdtype(array.dtype, np.floating) and np.issubdtype(want, np.floating):
+            inputs[name] = array.astype(want)
+        else:
+            raise BadInputError(f"data array for input '{name}' is {array.dtype}, the model expects {np.dtype(want)}")
+    return Dataset(inputs, dataset.labels)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -176,8 +176,12 @@ def _initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
 
 
 def _set_array(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, value: np.ndarray) -> None:
-    """Store ``value`` as the node's input ``slot``, adding a bias input if needed."""
-    value = value.astype(np.float32)
+    """Store ``value`` as the node's input ``slot``, adding a bias input if needed.
+
+    The value takes the element type of the node's weight (float16 models stay float16).
+    """
+    weight = _initializer(model, node.input[1])
+    value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(weight.data_type))
     if slot < len(node.input) and node.input[slot]:
         name = node.input[slot]
         uses = sum(1 for n in model.graph.node for t in n.input if t == name)

@@ -10,7 +10,8 @@ will be written, with onnxruntime's default optimizations (over protobuf's
 2 GiB limit, with its weights fed as inputs too); the check passes when
 ``onnx.checker`` (full check) accepts the pruned model and, for every output,
 
-    max |pruned - masked| / max(max |masked|, 1e-12)  <=  tolerance   (1e-4).
+    max |pruned - masked| / max(max |masked|, 1e-12)  <=  tolerance   (1e-4;
+                                                              4e-3 in float16).
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ __all__ = ["Reference", "VerifyResult", "random_inputs", "check_model", "compare
 log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 1e-4
+
+#: Smallest bound for models computing in a narrower float type: float16 keeps
+#: ~3 decimal digits, so the masked original and the pruned model, summing in
+#: different orders, differ by a few 1e-4 of their output range.
+PRECISION_FLOOR: dict[int, float] = {onnx.TensorProto.FLOAT16: 4e-3, onnx.TensorProto.BFLOAT16: 3e-2}
+
+
+def precision_tolerance(model: onnx.ModelProto, tolerance: float) -> float:
+    """``tolerance``, raised to :data:`PRECISION_FLOOR` of the narrowest float type ``model`` computes in."""
+    graph = model.graph
+    types = {vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.output]}
+    types |= {t.data_type for t in graph.initializer}
+    return max([tolerance, *(PRECISION_FLOOR[t] for t in types if t in PRECISION_FLOOR)])
 
 _NP_TYPES = {
     onnx.TensorProto.FLOAT: np.float32,
@@ -183,12 +197,14 @@ def verify(
         original: the normalized model the plan was made on.
         pruned: the model to check (the plain rewrite, before any recovery).
         plan: the plan that produced ``pruned``.
-        tolerance: bound on the maximum relative error.
+        tolerance: bound on the maximum relative error (raised for float16 /
+            bfloat16 models, see :func:`precision_tolerance`).
         samples: random input samples to compare.
         seed: seed of the random inputs.
         reference: ``reference_outputs(original, plan, samples=samples,
             seed=seed)`` when computed beforehand; computed here otherwise.
     """
+    tolerance = precision_tolerance(pruned, tolerance)
     checker = check_model(pruned)
     if checker != "ok":
         return VerifyResult(False, float("inf"), tolerance, checker, 0)

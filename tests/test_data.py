@@ -214,3 +214,14 @@ def test_committed_splits_are_disjoint() -> None:
         calib = {row.tobytes() for row in a["input"][:, 0]}
         test = {row.tobytes() for row in b["input"][:, 0]}
     assert not calib & test
+
+
+def test_conform_casts_float_data_and_refuses_other_mismatches() -> None:
+    from onnx_pfgdf.data import conform
+
+    ds = Dataset({"x": np.ones((2, 3), np.float32)}, np.array([0, 1]))
+    half = conform(ds, {"x": np.dtype(np.float16)})
+    assert half.inputs["x"].dtype == np.float16 and half.labels is ds.labels
+    assert conform(ds, {"x": np.dtype(np.float32)}).inputs["x"] is ds.inputs["x"]
+    with pytest.raises(BadInputError, match="input 'x' is uint8, the model expects float32"):
+        conform(Dataset({"x": np.ones((2, 3), np.uint8)}), {"x": np.dtype(np.float32)})

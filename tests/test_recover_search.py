@@ -186,3 +186,63 @@ def test_budget_needs_data() -> None:
     case = builders.vgg_chain()
     with pytest.raises(onnx_pfgdf.BadInputError):
         onnx_pfgdf.prune(case.model, PruneConfig(budget=Budget("max_drop", 0.5), recover="bias"), _calib(16))
+
+
+# --------------------------------------------------------------------------- float16 models
+
+
+def _as_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph computing in float16: float initializers, graph input and output converted."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for vi in [*out.graph.input, *out.graph.output]:
+        vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    return out
+
+
+@pytest.mark.parametrize("recover", ["none", "bias", "lsq"])
+@pytest.mark.parametrize("build", [builders.vgg_chain, builders.resnet_blocks, builders.grouped_convs])
+def test_float16_model_prunes_verifies_and_stays_float16(build, recover: str) -> None:
+    model = _as_float16(build().model)
+    calib = Dataset({"x": _calib(32).inputs["x"].astype(np.float16)})
+    result = onnx_pfgdf.prune(model, PruneConfig(criterion=CriterionConfig("l1"), ratio=0.5, recover=recover),
+                              calib if recover == "lsq" else None)
+    assert result.verification.passed and result.verification.tolerance == pytest.approx(4e-3)
+    assert result.verification.max_rel_error > 0  # float16 rounding is real, and within the floor
+    assert {t.data_type for t in result.model.graph.initializer} <= {onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64}
+    (y,) = make_session(result.model).run(None, {"x": calib.inputs["x"][:1]})
+    assert y.dtype == np.float16 and np.all(np.isfinite(y))
+
+
+def test_float16_verification_still_catches_a_wrong_model() -> None:
+    model = _as_float16(builders.concat_branches().model)
+    result = onnx_pfgdf.prune(model, PruneConfig(criterion=CriterionConfig("l1"), ratio=0.5))
+    bad = onnx.ModelProto()
+    bad.CopyFrom(result.model)
+    cc = next(n for n in bad.graph.node if n.output[0] == "cc")
+    w_init = next(t for t in bad.graph.initializer if t.name == cc.input[1])
+    w = numpy_helper.to_array(w_init).copy()
+    w[0, 0] += np.float16(0.5)
+    w_init.CopyFrom(numpy_helper.from_array(w, w_init.name))
+    check = onnx_pfgdf.verify(model, bad, result.plan.to_dict())
+    assert not check.passed and check.max_rel_error > 4e-3
+
+
+def test_a_broken_recovery_is_refused(monkeypatch) -> None:
+    """Recovery runs after verification; a result that no longer loads is never returned."""
+    import onnx_pfgdf.recover as rec
+
+    def breaks(original, pruned, plan, data, options, cache=None):
+        out = onnx.ModelProto()
+        out.CopyFrom(pruned)
+        conv = next(n for n in out.graph.node if n.op_type == "Conv")
+        bias = next(t for t in out.graph.initializer if t.name == conv.input[2])
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias).astype(np.float64), bias.name))
+        return out
+
+    monkeypatch.setitem(rec.RECOVERY, "bias", breaks)
+    with pytest.raises(onnx_pfgdf.VerificationError, match="recovered model"):
+        onnx_pfgdf.prune(builders.vgg_chain().model, PruneConfig(criterion=CriterionConfig("l1"), ratio=0.5, recover="bias"))
