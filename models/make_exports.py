@@ -13,9 +13,10 @@ builders' internals with a small configuration, so each file stays well under
 
 * ``torch.manual_seed(SEED)`` before building, so the weights are seeded
   random (torchvision's own initialisation);
-* every BatchNorm then gets random ``weight``/``bias``/``running_mean``/
-  ``running_var`` (BN is not the identity, and the legacy exporter folds it into
-  the preceding Conv);
+* every BatchNorm then gets random ``weight``/``bias`` (BN is not the
+  identity, and the legacy exporter folds it into the preceding Conv) and
+  running statistics measured on random input batches (random statistics
+  would leave the deep random networks' outputs almost constant);
 * ``model.eval()``, batch-1 input, exported with the legacy TorchScript
   exporter (``dynamo=False``) at opset 13 — a few also at 9/11 and 17, and with
   the dynamo exporter at opset 18.  ``densenet_op13`` has a dynamic batch axis.
@@ -140,6 +141,10 @@ def squeezenet1_1() -> nn.Module:
         fire(256, 32, 128, 128),
     )
     model.classifier[1] = nn.Conv2d(256, NUM_CLASSES, kernel_size=1)
+    for module in model.modules():  # He init: PyTorch's default shrinks a BN-free net's signal to its biases
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.normal_(module.bias, 0.0, 0.01)
     return model
 
 
@@ -232,11 +237,32 @@ def _randomize_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
                 module.running_var.copy_(torch.empty(n).uniform_(0.5, 1.5, generator=generator))
 
 
+def _calibrate_batchnorm(model: nn.Module, size: int, generator: torch.Generator) -> None:
+    """Set every BatchNorm's running statistics to the batch statistics of random inputs.
+
+    Random running statistics leave a deep random network almost constant (its
+    BNs shift activations far more than the input moves them), and a constant
+    output would make the equivalence tests weak; with calibrated statistics
+    the logits depend on the input as in a trained network.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(16, 3, size, size, generator=generator))
+    for bn in bns:
+        bn.momentum = 0.1
+
+
 def build(spec: Export) -> nn.Module:
-    """The seeded, BN-randomised model of ``spec`` in eval mode."""
+    """The seeded model of ``spec`` (random BN affine parameters, calibrated statistics) in eval mode."""
     torch.manual_seed(SEED)
     model = spec.build()
     _randomize_batchnorm(model, torch.Generator().manual_seed(SEED + 1))
+    _calibrate_batchnorm(model, spec.size, torch.Generator().manual_seed(SEED + 2))
     return model.eval()
 
 
@@ -277,7 +303,7 @@ def _readme(rows: list[tuple[Export, int, int]]) -> str:
         "Written by `python models/make_exports.py` (dev-only: torch, torchvision, onnxscript) and",
         "pruned end to end by `tests/test_torch_exports.py`.  Seeded random weights (torchvision's",
         "initialisation after `torch.manual_seed(0)`), every BatchNorm with random affine parameters and",
-        "running statistics, `model.eval()`, `num_classes=10`, batch 1 (`densenet_op13` has a dynamic",
+        "running statistics measured on random batches, `model.eval()`, `num_classes=10`, batch 1 (`densenet_op13` has a dynamic",
         "batch axis).  The builders and their small configurations are documented in the script.",
         f"Exported with torch {torch.__version__}, torchvision {torchvision.__version__}"
         + (f", onnxscript {_onnxscript_version()}." if _onnxscript_version() else "."),

@@ -125,8 +125,10 @@ def taint_masked_original(original: onnx.ModelProto, plan: Mapping[str, object])
        :func:`_contracting`);
     2. *probe*: each contracting consumer reads the clean value through a new
        graph input (so a perturbation stops there), and each plan layer's
-       output gets ``TAINT + noise`` added on its removed channels; a channel
-       of a contracting input is *tainted* when it differs from the clean run;
+       output gets ``TAINT + |noise|`` added on its removed channels, then, in
+       a second probe, subtracted (a channel clipped at its top by ReLU6 only
+       moves downwards); a channel of a contracting input is *tainted* when it
+       differs from the clean run in either probe;
     3. the returned model multiplies every contracting input by a 0/1 mask
        that is 0 on the tainted channels.
 
@@ -144,41 +146,43 @@ def taint_masked_original(original: onnx.ModelProto, plan: Mapping[str, object])
     contracting = _contracting(original, shapes)
     observed = sorted({original.graph.node[i].input[0] for i in contracting})
     # 2. probe: cut at contracting inputs, perturb removed filters
-    probe = copy.deepcopy(original)
-    rng = np.random.default_rng(7)
-    nodes: list[onnx.NodeProto] = []
-    cut_feeds = dict(feeds)
-    for i, node in enumerate(probe.graph.node):
-        if i in contracting:
-            x = node.input[0]
-            node.input[0] = f"{x}__cut"
-            if x + "__cut" not in cut_feeds:
-                cut_feeds[x + "__cut"] = clean[x]
-                probe.graph.input.append(helper.make_tensor_value_info(x + "__cut", TensorProto.FLOAT, clean[x].shape))
-        nodes.append(node)
-        for slot, out in enumerate(node.output):
-            if out in layers:
-                keep = np.asarray(layers[out]["keep"], dtype=np.int64)
-                assert clean[out].shape[1] == layers[out]["filters"], f"plan: {out} has {clean[out].shape[1]} filters"
-                noise = np.zeros(clean[out].shape, dtype=np.float32)
-                removed = np.setdiff1d(np.arange(noise.shape[1]), keep)
-                noise[:, removed] = TAINT + 5.0 * rng.standard_normal(noise[:, removed].shape)
-                node.output[slot] = f"{out}__clean"
-                probe.graph.initializer.append(numpy_helper.from_array(noise, f"{out}__taint"))
-                nodes.append(helper.make_node("Add", [f"{out}__clean", f"{out}__taint"], [out], name=f"{out}__taint"))
-    del probe.graph.node[:]
-    probe.graph.node.extend(nodes)
-    del probe.graph.value_info[:]
-    probed = _run(_with_outputs(probe, observed), cut_feeds)
-    for o in original.graph.output:
-        diff = np.abs(probed[o.name] - clean[o.name])
-        assert float(np.max(diff)) <= 1e-6 * (1 + float(np.max(np.abs(clean[o.name])))), \
-            f"removed channels reach graph output {o.name}"
     tainted: dict[str, np.ndarray] = {}
-    for x in observed:
-        diff = np.abs(probed[x].astype(np.float64) - clean[x])
-        per_channel = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2))
-        tainted[x] = per_channel > 1e-6 * (1 + float(np.max(np.abs(clean[x]))))
+    for sign in (1.0, -1.0):  # both ways: a channel clipped at its top (ReLU6) only shows going down
+        rng = np.random.default_rng(7)
+        probe = copy.deepcopy(original)
+        nodes: list[onnx.NodeProto] = []
+        cut_feeds = dict(feeds)
+        for i, node in enumerate(probe.graph.node):
+            if i in contracting:
+                x = node.input[0]
+                node.input[0] = f"{x}__cut"
+                if x + "__cut" not in cut_feeds:
+                    cut_feeds[x + "__cut"] = clean[x]
+                    probe.graph.input.append(helper.make_tensor_value_info(x + "__cut", TensorProto.FLOAT, clean[x].shape))
+            nodes.append(node)
+            for slot, out in enumerate(node.output):
+                if out in layers:
+                    keep = np.asarray(layers[out]["keep"], dtype=np.int64)
+                    assert clean[out].shape[1] == layers[out]["filters"], f"plan: {out} has {clean[out].shape[1]} filters"
+                    noise = np.zeros(clean[out].shape, dtype=np.float32)
+                    removed = np.setdiff1d(np.arange(noise.shape[1]), keep)
+                    noise[:, removed] = sign * (TAINT + 5.0 * np.abs(rng.standard_normal(noise[:, removed].shape)))
+                    node.output[slot] = f"{out}__clean"
+                    probe.graph.initializer.append(numpy_helper.from_array(noise, f"{out}__taint"))
+                    nodes.append(helper.make_node("Add", [f"{out}__clean", f"{out}__taint"], [out], name=f"{out}__taint"))
+        del probe.graph.node[:]
+        probe.graph.node.extend(nodes)
+        del probe.graph.value_info[:]
+        probed = _run(_with_outputs(probe, observed), cut_feeds)
+        for o in original.graph.output:
+            diff = np.abs(probed[o.name] - clean[o.name])
+            assert float(np.max(diff)) <= 1e-6 * (1 + float(np.max(np.abs(clean[o.name])))), \
+                f"removed channels reach graph output {o.name}"
+        for x in observed:
+            diff = np.abs(probed[x].astype(np.float64) - clean[x])
+            per_channel = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2))
+            hit = per_channel > 1e-6 * (1 + float(np.max(np.abs(clean[x]))))
+            tainted[x] = tainted[x] | hit if x in tainted else hit
     assert not layers or any(m.any() for m in tainted.values()), "plan removes channels nobody contracts"
     # 3. masked original
     masked = copy.deepcopy(original)
