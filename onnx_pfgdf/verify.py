@@ -8,7 +8,9 @@ the masked original with its weights fed as inputs and graph optimizations off
 :func:`onnx_pfgdf.evaluate.run_as_written`), the pruned model exactly as it
 will be written, with onnxruntime's default optimizations (over protobuf's
 2 GiB limit, with its weights fed as inputs too); the check passes when
-``onnx.checker`` (full check) accepts the pruned model and, for every output,
+``onnx.checker`` (full check) accepts the pruned model and, for every output
+(and the inputs of the nodes writing the outputs — logits before a Softmax —
+when pruning keeps their shape, see :func:`probe_tensors`),
 
     max |pruned - masked| / max(max |masked|, 1e-12)  <=  tolerance   (1e-4;
                                                               4e-3 in float16).
@@ -17,7 +19,8 @@ will be written, with onnxruntime's default optimizations (over protobuf's
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -29,7 +32,7 @@ from onnx_pfgdf.plan import Plan
 from onnx_pfgdf.rewrite import masked_weights
 from onnx_pfgdf.weights import strip, weight_names
 
-__all__ = ["Reference", "VerifyResult", "random_inputs", "check_model", "compare_models", "reference_outputs", "verify"]
+__all__ = ["Reference", "probe_tensors", "VerifyResult", "random_inputs", "check_model", "compare_models", "reference_outputs", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +165,49 @@ class Reference:
 
     Attributes:
         feeds: the seeded random inputs, one dict per sample.
-        outputs: the masked original's outputs (graph order) per sample.
+        outputs: the masked original's outputs (graph order, then ``probes``) per sample.
+        probes: internal tensors compared as well (see :func:`probe_tensors`).
     """
 
     feeds: tuple[dict[str, np.ndarray], ...]
     outputs: tuple[list[np.ndarray], ...]
+    probes: tuple[str, ...] = ()
+
+
+#: At most this many internal tensors are compared besides the graph outputs.
+MAX_PROBES = 8
+
+
+def probe_tensors(model: onnx.ModelProto, plan: Plan) -> tuple[str, ...]:
+    """The inputs of the nodes that write graph outputs, when pruning keeps their shape.
+
+    A graph output is often a saturating function of what is computed (a
+    Softmax of large logits is one-hot whatever the logits are); comparing
+    its input as well keeps the check sensitive.  Tensors of groups the plan
+    shrinks are left out (their shapes differ), and so are initializers.
+    """
+    changed = {t for t, layout in plan.analysis.layouts.items() if any(s.group in plan.keep for s in layout)}
+    outputs = [o.name for o in model.graph.output]
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+    probes: list[str] = []
+    for name in outputs:
+        node = producers.get(name)
+        for tensor in node.input if node is not None else ():
+            if tensor in producers and tensor not in changed and tensor not in outputs and tensor not in probes:
+                probes.append(tensor)
+    return tuple(probes[:MAX_PROBES])
+
+
+@contextlib.contextmanager
+def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> Iterator[onnx.ModelProto]:
+    """``model`` with ``names`` appended to its graph outputs, restored on exit (no copy)."""
+    added = len(names)
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    try:
+        yield model
+    finally:
+        if added:
+            del model.graph.output[-added:]
 
 
 def reference_outputs(original: onnx.ModelProto, plan: Plan, *, samples: int = 3, seed: int = 0) -> Reference:
@@ -178,7 +219,10 @@ def reference_outputs(original: onnx.ModelProto, plan: Plan, *, samples: int = 3
     """
     masked, weights = masked_weights(original, plan)
     feeds = [random_inputs(masked, seed + k) for k in range(samples)]
-    return Reference(tuple(feeds), tuple(run_as_written(masked, feeds, weights)))
+    probes = probe_tensors(original, plan)
+    with _with_outputs(masked, probes):
+        outputs = run_as_written(masked, feeds, weights)
+    return Reference(tuple(feeds), tuple(outputs), probes)
 
 
 def verify(
@@ -211,7 +255,9 @@ def verify(
     try:
         if reference is None:
             reference = reference_outputs(original, plan, samples=samples, seed=seed)
-        err = _worst(list(reference.outputs), run_feeds(pruned, list(reference.feeds)))
+        with _with_outputs(pruned, reference.probes):
+            outputs = run_feeds(pruned, list(reference.feeds))
+        err = _worst(list(reference.outputs), outputs)
     except Exception as exc:  # onnxruntime raises its own exception types
         log.debug("verification run failed", exc_info=True)
         return VerifyResult(False, float("inf"), tolerance, f"onnxruntime: {str(exc).splitlines()[0]}", 0)

@@ -446,3 +446,26 @@ def test_protected_layer_keeps_its_group_whole() -> None:
     with pytest.raises(onnx_pfgdf.BadInputError, match="'head\\*' matches no Conv/Gemm layer"):
         onnx_pfgdf.prune(case.model, PruneConfig(recover="none", criterion=CriterionConfig("l1"), ratio=0.5,
                                                  protect=("head*",)))
+
+
+def test_verification_looks_through_a_saturated_softmax() -> None:
+    """y = Softmax(1000 * logits) is one-hot whatever the logits: the logits are compared as well."""
+    model = copy.deepcopy(builders.vgg_chain().model)
+    gemm = next(n for n in model.graph.node if n.output[0] == "y")
+    gemm.output[0] = "logits"
+    model.graph.initializer.append(numpy_helper.from_array(np.float32(1000.0), "k"))
+    model.graph.node.extend([helper.make_node("Mul", ["logits", "k"], ["scaled"], name="scale"),
+                             helper.make_node("Softmax", ["scaled"], ["y"], name="softmax", axis=1)])
+    result = onnx_pfgdf.prune(model, PruneConfig(recover="none", criterion=CriterionConfig("l1"), ratio=0.5))
+    assert result.verification.passed
+    bad = copy.deepcopy(result.model)
+    c3 = _node_by_output(bad, "c3")
+    w_init = next(t for t in bad.graph.initializer if t.name == c3.input[1])
+    w = numpy_helper.to_array(w_init).copy()
+    w[0] *= 1.01  # moves the logits by ~1e-3, not the one-hot output
+    w_init.CopyFrom(numpy_helper.from_array(w, w_init.name))
+    masked = onnx_pfgdf.rewrite.mask_original(result.normalized, result.plan)
+    feeds = seeded_inputs(0)
+    np.testing.assert_allclose(run_model(bad, feeds)["y"], run_model(masked, feeds)["y"], atol=1e-6)
+    check = onnx_pfgdf.verify(model, bad, result.plan.to_dict())
+    assert not check.passed and check.max_rel_error > 1e-4
