@@ -26,6 +26,7 @@ from onnx_pfgdf.api import PruneConfig
 from onnx_pfgdf.criteria import CriterionConfig
 from onnx_pfgdf.io import LoadOptions
 from onnx_pfgdf.rewrite import mask_original
+from checks import assert_frozen_reasons
 from zoo import ZOO_MODELS, load_zoo
 
 MIN_MACS_REDUCTION = 0.30
@@ -120,12 +121,7 @@ def test_zoo_model_prunes_and_verifies(name: str) -> None:
         compared += 1
     assert compared > len(result.model.graph.output) or name == "densenet121"  # DenseNet's output is its Conv's
 
-    frozen = result.plan.analysis.frozen_groups()
-    assert all(g.frozen and all(reason.strip() for reason in g.frozen) for g in frozen)
-    assert all(f.reasons and all(r.strip() for r in f.reasons) for f in result.report.frozen)
-    reasons = " | ".join(r for g in frozen for r in g.frozen)
-    for word in frozen_words:
-        assert word in reasons, reasons
+    assert_frozen_reasons(result, frozen_words)
     if min_macs is not None:
         assert result.report.reduction["macs"] >= min_macs, result.report.reduction
         assert result.plan.keep, "nothing was pruned"
