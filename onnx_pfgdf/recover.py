@@ -1,9 +1,8 @@
 """Training-free recovery applied after the rewrite (registry of methods).
 
 Every method works on the *contracting consumers* of removed channels (Conv
-with ``group=1``, Gemm, MatMul): the layers whose sums lost terms.  A grouped
-Conv (``1 < group``) that loses input channels gets ``bias`` (block by block)
-but no ``lsq`` re-fit.
+and grouped Conv, Gemm, MatMul): the layers whose sums lost terms; a grouped
+Conv (``1 < group``) is recovered block by block.
 
 * ``none`` — the rewritten model unchanged (what verification checks).
 * ``bias`` — fold the expected contribution of the removed input channels into
@@ -376,6 +375,30 @@ def _bias(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: 
     return out
 
 
+def _refit_grouped(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray | None, node: onnx.NodeProto,
+    rows: np.ndarray, groups: int, ridge: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_ridge_solve` for a grouped Conv, one block at a time.
+
+    The filters of block ``g`` read input block ``g`` only: each block is its
+    own least-squares problem (kept inputs ``x[:, g]`` -> kept outputs ``y[:, g]``).
+    """
+    per_out, per_in = w.shape[0] // groups, w.shape[1]
+    kernel = (w.shape[2], w.shape[3])
+    w_new = np.empty(w.shape, dtype=np.float64)
+    b_new = np.empty(w.shape[0], dtype=np.float64)
+    for g in range(groups):
+        out_g = slice(g * per_out, (g + 1) * per_out)
+        a = _im2col(x[:, g * per_in:(g + 1) * per_in], node, kernel, rows)
+        w0 = w[out_g].reshape(per_out, -1).T.astype(np.float64)
+        b0 = np.zeros(per_out) if b is None else b.reshape(-1)[out_g].astype(np.float64)
+        wg, bg = _ridge_solve(a, y[:, out_g], w0, b0, ridge)
+        w_new[out_g] = wg.T.reshape(per_out, per_in, *kernel)
+        b_new[out_g] = bg
+    return w_new, b_new
+
+
 def _lsq(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: Dataset | None,
          options: RecoverOptions, cache: dict | None = None) -> onnx.ModelProto:
     """Re-fit consumers by least squares on calibration activations."""
@@ -385,7 +408,7 @@ def _lsq(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: D
     out.CopyFrom(pruned)
     nodes_o = {n.name: n for n in original.graph.node}
     nodes_p = {n.name: n for n in out.graph.node}
-    targets = [c for c in consumers(plan, original) if c.op_type in ("Conv", "Gemm") and c.groups == 1]
+    targets = [c for c in consumers(plan, original) if c.op_type in ("Conv", "Gemm")]
     if not targets:
         return out
     n = min(len(data), options.samples)
@@ -415,10 +438,15 @@ def _lsq(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: Plan, data: D
         (x,) = _run(out, data, [node_p.input[0]], n, batch)
         w, b = _weight_and_bias(out, node_p)
         y = targets_y[c.node]
-        if c.op_type == "Conv":
-            group = int(node_attr(node_p, "group", 1))
-            if group != 1:
+        if c.op_type == "Conv" and c.groups > 1:
+            if b is not None and b.size != w.shape[0]:
                 continue
+            w_new, b_new = _refit_grouped(x, y, w, b, node_p, rows[c.node], c.groups, options.ridge)
+            _set_array(out, node_p, 1, w_new)
+            _set_array(out, node_p, 2, b_new)
+            log.debug("lsq: re-fit grouped %s (%d groups)", c.node, c.groups)
+            continue
+        if c.op_type == "Conv":
             kernel = (w.shape[2], w.shape[3])
             a = _im2col(x, node_p, kernel, rows[c.node])
             w0 = w.reshape(w.shape[0], -1).T

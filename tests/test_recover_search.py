@@ -72,6 +72,33 @@ def test_lsq_is_exact_when_kept_channels_span_the_removed_ones() -> None:
     np.testing.assert_allclose(w2, w2_orig[:, :3] + w2_orig[:, 3:], rtol=1e-3, atol=1e-4)
 
 
+def test_lsq_is_exact_for_a_grouped_conv_block_by_block() -> None:
+    """c1's channels 2, 3 duplicate 0, 1 and 6, 7 duplicate 4, 5 (one pair per block of the group=2 conv gc);
+    removing the duplicates, lsq re-fits gc block by block to the exact merged weights::
+
+        x -> Conv c1(3->8) -> Relu -> Conv gc(8->4, group=2) -> Relu -> GlobalAveragePool -> Flatten -> Gemm y
+    """
+    g = builders.GraphBuilder(seed=24)
+    rng = np.random.default_rng(24)
+    w1, b1 = rng.standard_normal((4, 3, 3, 3)) * 0.5, rng.normal(0, 0.1, 4)
+    w1 = np.concatenate([w1[:2], w1[:2], w1[2:], w1[2:]])
+    b1 = np.concatenate([b1[:2], b1[:2], b1[2:], b1[2:]])
+    h = g.relu(g.node("Conv", ["x", g.const("c1.W", w1), g.const("c1.B", b1)], "c1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    g.head(g.relu(g.conv(h, 8, 4, "gc", group=2)), 4)
+    model = g.model({"y": [1, builders.CLASSES]})
+    plan = {"format": "onnx-pfgdf-plan", "version": 1,
+            "layers": {"c1": {"node": "Conv_c1", "filters": 8, "keep": [0, 1, 4, 5]}}}
+    calib = _calib()
+    ref = _outputs(model, calib)
+    none = onnx_pfgdf.apply_plan(model, plan, PruneConfig(recover="none"), calib)
+    lsq = onnx_pfgdf.apply_plan(model, plan, PruneConfig(recover="lsq", recover_options=RecoverOptions(ridge=1e-9)), calib)
+    assert _rel_error(ref, _outputs(none.model, calib)) > 0.05
+    assert _rel_error(ref, _outputs(lsq.model, calib)) < 1e-4
+    w = numpy_helper.to_array(next(t for t in lsq.model.graph.initializer if t.name == "gc.W"))
+    w_orig = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "gc.W"))
+    np.testing.assert_allclose(w, w_orig[:, :2] + w_orig[:, 2:], rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("build", [builders.vgg_chain, builders.resnet_blocks, builders.mlp_head])
 def test_recovery_improves_fidelity_over_none(build) -> None:
     case = build()
