@@ -409,7 +409,8 @@ def _elementwise(st: _State, node: onnx.NodeProto) -> None:
             continue
         value = st.index.constant(tensor)
         if value is None:
-            st.freeze(layouts, f"{_where(node)} mixes channels with a non-constant operand '{tensor}'")
+            st.freeze(layouts, f"{_where(node)} combines channels with '{tensor}', whose channels are not "
+                               "tracked (an earlier op froze them, or a graph input)")
             return
         axis = 1 - (out_rank - value.ndim)
         if 0 <= axis < value.ndim and value.shape[axis] > 1:
