@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "make_session",
+    "FedSession",
     "run_as_written",
     "run_feeds",
     "run_batched",
@@ -50,6 +51,9 @@ ModelOrSession = Union[onnx.ModelProto, "ort.InferenceSession"]
 def make_session(model: onnx.ModelProto, threads: int | None = None, quiet: bool = False) -> "ort.InferenceSession":
     """Create a CPU onnxruntime session from the serialized model.
 
+    A model over protobuf's 2 GiB limit gets a :class:`FedSession` instead
+    (same ``run``/``get_inputs``; graph optimizations off).
+
     Args:
         model: the model; it is serialized, never mutated.
         threads: intra-op thread count; ``None`` lets onnxruntime choose.
@@ -60,6 +64,8 @@ def make_session(model: onnx.ModelProto, threads: int | None = None, quiet: bool
     """
     import onnxruntime as ort
 
+    if is_large(model):  # cannot be serialized whole: its weights are fed on each run
+        return FedSession(model, quiet=quiet)
     opts = ort.SessionOptions()
     opts.log_severity_level = 4 if quiet else 3
     if threads is not None:
@@ -85,62 +91,82 @@ def _payload(tensor: onnx.TensorProto) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
-def run_as_written(
-    model: onnx.ModelProto,
-    feeds: Sequence[dict[str, np.ndarray]],
-    weights: Mapping[str, np.ndarray] | None = None,
-) -> list[list[np.ndarray]]:
-    """All outputs of ``model`` for each feed, with the weights fed as inputs.
+class FedSession:
+    """An onnxruntime session whose weights are fed as inputs on every run.
 
     Every float initializer of at least :data:`FEED_BYTES` becomes a graph
-    input fed with its array on each run, and onnxruntime's graph
-    optimizations are off: the graph is computed as written, and onnxruntime
-    neither copies, fuses nor pre-packs the weights (it does all three with
-    initializers), so the weights cost memory once, as numpy arrays.  The
-    session is dropped on return.
+    input fed with its array, and onnxruntime's graph optimizations are off:
+    the graph is computed as written, and onnxruntime neither copies, fuses
+    nor pre-packs the weights (it does all three with initializers), so they
+    cost memory once, as numpy arrays — and a model over protobuf's 2 GiB
+    limit, which cannot be serialized whole, still runs.  ``get_inputs`` and
+    ``run`` behave like an ``InferenceSession``'s (the weights are hidden).
 
     Args:
         model: the model; never mutated.
-        feeds: the graph inputs of each run.
         weights: values of initializers by name, used instead of the model's
             own: a name may be an initializer of ``model``, one of its graph
             inputs (a placeholder, see :func:`onnx_pfgdf.weights.strip`) or
             a tensor the graph reads but does not define.  Integer and
             small arrays become initializers.
-
-    Returns:
-        One list of outputs (graph order) per feed.
+        quiet: log only fatal errors.
     """
-    import onnxruntime as ort
 
-    graph = skeleton(model)
-    arrays: dict[str, np.ndarray] = {}
-    for name, array in (weights or {}).items():
-        array = np.ascontiguousarray(array)
-        if array.dtype in (np.float32, np.float64, np.float16) and array.nbytes >= FEED_BYTES:
-            arrays[name] = array
-        else:
-            graph.graph.initializer.append(numpy_helper.from_array(array, name))
-    for tensor in model.graph.initializer:
-        if weights and tensor.name in weights:
-            continue
-        if (tensor.data_type in _FEED_TYPES and tensor.data_location != onnx.TensorProto.EXTERNAL
-                and _payload(tensor) >= FEED_BYTES):
-            arrays[tensor.name] = numpy_helper.to_array(tensor)
-        else:
-            graph.graph.initializer.append(tensor)
-    listed = {vi.name for vi in graph.graph.input}
-    graph.graph.input.extend(
-        onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-        for name, a in arrays.items()
-        if name not in listed
-    )
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.enable_mem_pattern = False  # no up-front block for all activations (measured: -10 MB on ResNet-50)
-    session = ort.InferenceSession(graph.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-    return [session.run(None, {**feed, **arrays}) for feed in feeds]
+    def __init__(self, model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None = None,
+                 quiet: bool = False) -> None:
+        import onnxruntime as ort
+
+        graph = skeleton(model)
+        arrays: dict[str, np.ndarray] = {}
+        for name, array in (weights or {}).items():
+            array = np.ascontiguousarray(array)
+            if array.dtype in (np.float32, np.float64, np.float16) and array.nbytes >= FEED_BYTES:
+                arrays[name] = array
+            else:
+                graph.graph.initializer.append(numpy_helper.from_array(array, name))
+        for tensor in model.graph.initializer:
+            if weights and tensor.name in weights:
+                continue
+            if (tensor.data_type in _FEED_TYPES and tensor.data_location != onnx.TensorProto.EXTERNAL
+                    and _payload(tensor) >= FEED_BYTES):
+                arrays[tensor.name] = numpy_helper.to_array(tensor)
+            else:
+                graph.graph.initializer.append(tensor)
+        listed = {vi.name for vi in graph.graph.input}
+        graph.graph.input.extend(
+            onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+            for name, a in arrays.items()
+            if name not in listed
+        )
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4 if quiet else 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.enable_mem_pattern = False  # no up-front block for all activations (measured: -10 MB on ResNet-50)
+        self._session = ort.InferenceSession(graph.SerializeToString(), sess_options=opts,
+                                             providers=["CPUExecutionProvider"])
+        self._arrays = arrays
+
+    def get_inputs(self) -> list:
+        """The graph inputs the caller feeds (the weights excluded)."""
+        return [i for i in self._session.get_inputs() if i.name not in self._arrays]
+
+    def get_outputs(self) -> list:
+        """The graph outputs."""
+        return self._session.get_outputs()
+
+    def run(self, names: Sequence[str] | None, feed: Mapping[str, np.ndarray], run_options: object = None) -> list:
+        """``InferenceSession.run`` with the weights added to ``feed``."""
+        return self._session.run(names, {**feed, **self._arrays}, run_options)
+
+
+def run_as_written(
+    model: onnx.ModelProto,
+    feeds: Sequence[dict[str, np.ndarray]],
+    weights: Mapping[str, np.ndarray] | None = None,
+) -> list[list[np.ndarray]]:
+    """All outputs of ``model`` for each feed, in a :class:`FedSession` dropped on return."""
+    session = FedSession(model, weights)
+    return [session.run(None, feed) for feed in feeds]
 
 
 def run_feeds(
@@ -153,8 +179,6 @@ def run_feeds(
     runs through :func:`run_as_written` (weights fed as inputs).  ``quiet``:
     onnxruntime logs only fatal errors (a probe that may fail).
     """
-    if is_large(model):
-        return run_as_written(model, feeds)
     import onnxruntime as ort
 
     session = make_session(model, quiet=quiet)

@@ -273,3 +273,22 @@ def test_a_broken_recovery_is_refused(monkeypatch) -> None:
     monkeypatch.setitem(rec.RECOVERY, "bias", breaks)
     with pytest.raises(onnx_pfgdf.VerificationError, match="recovered model"):
         onnx_pfgdf.prune(builders.vgg_chain().model, PruneConfig(criterion=CriterionConfig("l1"), ratio=0.5, recover="bias"))
+
+
+def test_a_model_over_the_protobuf_limit_is_evaluated_and_recovered_like_any(monkeypatch) -> None:
+    """With every model treated as over 2 GiB (weights fed on each run), the report matches the normal path."""
+    import onnx_pfgdf.io as pio
+
+    case = builders.vgg_chain(widths=(12, 12, 16))
+    rng = np.random.default_rng(5)
+    calib = Dataset({"x": rng.standard_normal((48, 3, 8, 8)).astype(np.float32)}, rng.integers(0, 10, 48))
+    data = Dataset({"x": rng.standard_normal((32, 3, 8, 8)).astype(np.float32)}, rng.integers(0, 10, 32))
+    config = PruneConfig(criterion=CriterionConfig("l1"), ratio=0.5, recover="lsq")
+    normal = onnx_pfgdf.prune(case.model, config, calib, data).report.stages
+    monkeypatch.setattr(pio, "EXTERNAL_DATA_THRESHOLD", 0)
+    large = onnx_pfgdf.prune(case.model, config, calib, data)
+    assert large.verification.passed
+    assert [s["stage"] for s in large.report.stages] == [s["stage"] for s in normal]
+    for a, b in zip(large.report.stages, normal, strict=True):
+        assert a["accuracy"] == b["accuracy"] and a["agreement"] == b["agreement"]
+        assert abs(a["rel_error"] - b["rel_error"]) < 1e-4
