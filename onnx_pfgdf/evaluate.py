@@ -26,7 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_pfgdf.data import Dataset
-from onnx_pfgdf.io import is_large
+from onnx_pfgdf.io import is_large, tensor_bytes
 from onnx_pfgdf.weights import skeleton
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,15 +82,6 @@ FEED_BYTES = 1024
 _FEED_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16})
 
 
-def _payload(tensor: onnx.TensorProto) -> int:
-    """Bytes of a tensor's values, from its dims and type (reading ``raw_data`` would copy it)."""
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, TypeError, ValueError):
-        return 0
-    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
-
-
 class FedSession:
     """An onnxruntime session whose weights are fed as inputs on every run.
 
@@ -128,7 +119,7 @@ class FedSession:
             if weights and tensor.name in weights:
                 continue
             if (tensor.data_type in _FEED_TYPES and tensor.data_location != onnx.TensorProto.EXTERNAL
-                    and _payload(tensor) >= FEED_BYTES):
+                    and tensor_bytes(tensor) >= FEED_BYTES):
                 arrays[tensor.name] = numpy_helper.to_array(tensor)
             else:
                 graph.graph.initializer.append(tensor)

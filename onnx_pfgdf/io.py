@@ -43,6 +43,7 @@ from onnx_pfgdf.weights import restore, skeleton, strip, weight_names
 
 __all__ = [
     "is_large",
+    "tensor_bytes",
     "EXTERNAL_DATA_THRESHOLD",
     "LoadOptions",
     "normalize",
@@ -186,7 +187,7 @@ def opset_version(model: onnx.ModelProto) -> int:
 # helpers for models that cannot be serialized into one protobuf (>= 2 GiB)
 
 
-def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
     """Payload of one tensor from its dims and type (reading ``raw_data`` would copy it)."""
     if tensor.data_type != onnx.TensorProto.STRING:
         try:
@@ -200,7 +201,7 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
 def is_large(model: onnx.ModelProto) -> bool:
     """Would ``model`` come near protobuf's 2 GiB limit (no ``SerializeToString``)?  (Initializer payloads dominate;
     ``ByteSize()`` is exact but walks the whole message, which costs seconds on large models.)"""
-    payload = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    payload = sum(tensor_bytes(t) for t in model.graph.initializer)
     if payload > EXTERNAL_DATA_THRESHOLD:
         return True
     if payload < EXTERNAL_DATA_THRESHOLD // 2:
@@ -677,7 +678,7 @@ def _externalized(model: onnx.ModelProto, data_path: str, location: str) -> onnx
     out = skeleton(model)
     with open(data_path, "wb") as fh:
         for tensor in model.graph.initializer:
-            if _tensor_bytes(tensor) < _EXTERNAL_MIN_BYTES or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            if tensor_bytes(tensor) < _EXTERNAL_MIN_BYTES or tensor.data_location == onnx.TensorProto.EXTERNAL:
                 out.graph.initializer.add().CopyFrom(tensor)
                 continue
             payload = tensor.raw_data or numpy_helper.to_array(tensor).tobytes()

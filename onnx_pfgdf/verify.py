@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,7 +32,7 @@ from onnx_pfgdf.plan import Plan
 from onnx_pfgdf.rewrite import masked_weights
 from onnx_pfgdf.weights import strip, weight_names
 
-__all__ = ["Reference", "probe_tensors", "VerifyResult", "random_inputs", "check_model", "compare_models", "reference_outputs", "verify"]
+__all__ = ["Reference", "probe_tensors", "VerifyResult", "random_inputs", "check_model", "reference_outputs", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -132,27 +132,6 @@ def max_relative_error(reference: list[np.ndarray], actual: list[np.ndarray]) ->
         err = float(np.max(np.abs(out64 - ref64))) / scale
         worst = max(worst, err if np.isfinite(err) else float("inf"))
     return worst
-
-
-def compare_models(
-    reference: onnx.ModelProto,
-    candidate: onnx.ModelProto,
-    *,
-    samples: int = 3,
-    seed: int = 0,
-    reference_weights: Mapping[str, np.ndarray] | None = None,
-) -> float:
-    """Run both models in onnxruntime on the same random feeds; return the worst error.
-
-    The models run one after the other with
-    :func:`~onnx_pfgdf.evaluate.run_as_written` (weights fed as inputs,
-    graph optimizations off).  ``reference_weights`` are initializer values
-    of ``reference`` given as arrays (see
-    :func:`onnx_pfgdf.rewrite.masked_weights`).
-    """
-    feeds = [random_inputs(reference, seed + k) for k in range(samples)]
-    ref_outs = run_as_written(reference, feeds, reference_weights)
-    return _worst(ref_outs, run_as_written(candidate, feeds))
 
 
 def _worst(ref_outs: list[list[np.ndarray]], cand_outs: list[list[np.ndarray]]) -> float:
